@@ -1,0 +1,154 @@
+"""The ``lore`` command line. Every subcommand turns a :class:`LoreError` into one line on stderr
+and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from .errors import LoreError
+
+# subcommand -> (module, help). Modules are imported only when their command runs.
+COMMANDS = {
+    "train": ("lore.cli", "train a method on a classification dataset"),
+    "eval": ("lore.cli", "re-evaluate a saved run"),
+    "retrieval": ("lore.tasks.retrieval", "image retrieval on revisited Oxford/Paris"),
+    "correspond": ("lore.tasks.correspondence", "SPair-71k keypoint correspondence"),
+    "vos": ("lore.tasks.vos", "DAVIS-2017 video object segmentation by label propagation"),
+    "attention": ("lore.viz.attention", "attention-map grid: B-B vs KLA vs LORE"),
+    "locality": ("lore.viz.locality", "mean attention distance and entropy per layer"),
+    "report": ("lore.viz.report", "one self-contained HTML report of runs"),
+    "bench": ("lore.bench", "cost of B-B, VPT and LORE measured side by side"),
+    "demo": ("lore.demo", "the whole method offline on generated data"),
+    "sweep": ("lore.sweep", "grid of methods x datasets x shots x seeds"),
+}
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    from .config import add_arguments
+    add_arguments(parser)
+
+
+def _train_main(args: argparse.Namespace) -> dict:
+    from .config import from_args
+    from .train import run
+    return run(from_args(args))
+
+
+def _eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="run directory written by `lore train`")
+    parser.add_argument("--data", help="dataset (default: the one the run was trained on)")
+    parser.add_argument("--format", help="dataset format (default: the run's)")
+    parser.add_argument("--classnames", help="class-name file (default: the run's)")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--checkpoint", help="backbone weights, if they moved since training")
+
+
+def _eval_main(args: argparse.Namespace) -> dict:
+    from . import config as config_mod
+    from .checkpoint import load_run
+    from .data import load_dataset
+    from .distributed import DistInfo
+    from .io import atomic_write_json
+    from .runs import resolve_device
+    from .train import Context, evaluate
+
+    run_dir = Path(args.run)
+    device = resolve_device(args.device)
+    model, meta = load_run(run_dir, device, backbone_checkpoint=args.checkpoint)
+    saved = config_mod.load_yaml(str(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() else {}
+    cfg = config_mod.make({**saved, "batch_size": args.batch_size, "workers": args.workers,
+                           "device": str(device), "resume": None}, source=str(run_dir / "config.yaml"))
+    data_path = args.data or meta.get("data") or cfg.data
+    data = load_dataset(data_path, args.format or cfg.format, args.classnames or cfg.classnames,
+                        cfg.image_dir, cfg.holdout)
+    if meta.get("classnames") and data.classnames != meta["classnames"]:
+        raise LoreError(f"--data {data_path}: its {len(data.classnames)} classes do not match the "
+                        f"{len(meta['classnames'])} the run was trained on (first differing: "
+                        f"{_first_difference(data.classnames, meta['classnames'])}); pass the same "
+                        "class list (--classnames)")
+    ctx = Context(cfg, DistInfo(), device, run_dir, dict(model.black_box.data_config))
+    result = evaluate(ctx, model, data.get(args.split))
+    result.update(split=args.split, data=str(data_path))
+    print(f"{meta['method']} on {data_path} [{args.split}]: top-1 {result['acc1']:.4f}  "
+          f"top-5 {result['acc5']:.4f}  ({result['n']} images)")
+    atomic_write_json(run_dir / f"eval_{args.split}.json", result)
+    return result
+
+
+def _first_difference(a: list[str], b: list[str]) -> str:
+    for x, y in zip(a, b):
+        if x != y:
+            return f"{x!r} vs {y!r}"
+    return f"{len(a)} vs {len(b)} classes"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="lore", description="LORE: locality-aware prompt learning "
+                                     "for frozen pre-trained ViTs")
+    parser.add_argument("--version", action="version", version=f"lore {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_command=name, _module=module)
+    return parser
+
+
+def _handlers(name: str, module: str):
+    if name == "train":
+        return _train_arguments, _train_main
+    if name == "eval":
+        return _eval_arguments, _eval_main
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("lore"):
+            raise LoreError(f"`lore {name}` is not available in this version") from None
+        raise
+    return mod.add_arguments, mod.main
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
+    # the subcommand's own options are added only for the command being run (fast start-up)
+    pre, _ = parser.parse_known_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
+    add, _ = _handlers(pre._command, pre._module)
+    sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    add(sub_action.choices[pre._command])
+    return parser.parse_args(argv)
+
+
+def _clean_message(e: BaseException) -> str:
+    """One line, also for errors re-raised from DataLoader worker processes."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1]
+        text = text.split("LoreError: ", 1)[-1]
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parse(argv)
+        _, run = _handlers(args._command, args._module)
+        run(args)
+    except LoreError as e:
+        print(f"lore: error: {_clean_message(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lore: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The training configuration: defaults (the paper's recipe) < ``--config FILE`` < command line.
+
+The CLI flags are generated from this dataclass, so a field, its YAML key and its ``--flag`` are
+the same name (underscores become dashes on the command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from .errors import LoreError
+
+
+def opt(default, help: str, choices=None, short=None):
+    return field(default=default, metadata={"help": help, "choices": choices, "short": short})
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    method: str = opt("lore", "linear | vpt-shallow | vpt-deep | full | zeroshot | lore | coop | "
+                      "clip-adapter | tip-adapter | tip-adapter-f")
+    backbone: str = opt("vit_base_patch16_clip_224.openai", "timm model name (optionally .pretrained_tag)")
+    pretrained: bool = opt(True, "load the backbone's pre-trained weights from the hub")
+    checkpoint: str | None = opt(None, "local backbone weights (.safetensors/.pth/.npz) of the same architecture")
+    backbone_args: str | None = opt(None, "key=value,... passed to timm.create_model")
+    # data
+    data: str | None = opt(None, "dataset root (or split/CSV file)")
+    format: str = opt("imagefolder", "dataset format", ["imagefolder", "vpt-json", "coop-split", "csv"])
+    classnames: str | None = opt(None, "file with one class name per line (or JSON list)")
+    image_dir: str | None = opt(None, "directory the dataset's relative image paths start from")
+    holdout: float = opt(0.2, "test fraction for an ImageFolder without train/test folders")
+    shots: int | None = opt(None, "few-shot: K training images per class")
+    out: str | None = opt(None, "run directory")
+    # recipe
+    seed: int = opt(1993, "seed for few-shot sampling, initialisation and data order")
+    epochs: int = opt(50, "training epochs (per curriculum stage)")
+    batch_size: int = opt(64, "global batch size (split across processes)")
+    lr: float = opt(0.003, "initial learning rate (SGD, cosine-annealed)")
+    min_lr: float = opt(1e-4, "final learning rate of the cosine schedule")
+    wd: float = opt(0.1, "weight decay")
+    momentum: float = opt(0.9, "SGD momentum")
+    img_size: int = opt(224, "training / test image size")
+    val_every: int = opt(1, "evaluate on the val split every N epochs (0: never)")
+    # execution
+    device: str = opt("auto", "cpu | cuda | cuda:N | auto")
+    workers: int = opt(4, "data-loading worker processes")
+    amp: str = opt("auto", "mixed precision on CUDA", ["auto", "bf16", "fp16", "none"])
+    compile: bool = opt(False, "torch.compile the training step")
+    deterministic: bool = opt(False, "deterministic algorithms (bit-identical reruns and resumes)")
+    save_every: int = opt(0, "also checkpoint every N steps (0: only at epoch ends)")
+    keep_last: int = opt(2, "training checkpoints to keep")
+    resume: str | None = opt(None, "continue the run in this directory from its last checkpoint")
+    dry_run: bool = opt(False, "build the model, print parameters and GFLOPs, write model_summary.json, exit")
+    num_classes: int | None = opt(None, "number of classes for --dry-run (no data needed)")
+    # LORE
+    knowledge: str | None = opt(None, "class knowledge: clip:MODEL/TAG | sentence:MODEL | file:PATH")
+    template: str | None = opt(None, "sentence template with {} (or a file of templates)")
+    kp: bool = opt(True, "use KLA and the K-L prototype loss (--no-kp: 'LORE w/o L_kp')")
+    kp_weight: float = opt(0.1, "weight lambda of L_kp")
+    global_prompts: int | None = opt(None, "learnable prompts per layer (LORE: 8; VPT: 10)")
+    local_prompts: int = opt(2, "generated locality-aware prompts per layer")
+    lin_blocks: int = opt(1, "LIN blocks")
+    lin_k: int = opt(9, "LIN neighbours per token")
+    lin_variant: str = opt("vig", "LIN form", ["vig", "paper"])
+    kla_topn: int = opt(9, "KLA keeps the top-N scores per class")
+    kla_variant: str = opt("code", "KLA form", ["code", "paper"])
+    bottleneck: int = opt(32, "prompt-generator bottleneck width r")
+    negative: str | None = opt(None, "source of the wrong class p (default: zeroshot for CLIP, else model)",
+                               ["zeroshot", "model", "none"])
+    knowledge_dim: int = opt(512, "knowledge width for --dry-run without --knowledge")
+    curriculum: str = opt("none", "training curriculum", ["none", "easy-to-hard"])
+    stage_h_lr: float = opt(5e-4, "initial learning rate of the easy-to-hard 'hard' stage")
+    # CLIP baselines
+    coop_ctx: int = opt(16, "CoOp: learnable context tokens")
+    coop_csc: bool = opt(False, "CoOp: class-specific context")
+    adapter_ratio: float = opt(0.2, "CLIP-Adapter: residual ratio")
+    tip_alpha: float = opt(1.0, "Tip-Adapter: cache-model weight alpha")
+    tip_beta: float = opt(5.5, "Tip-Adapter: sharpness beta")
+
+
+INT_RANGES = {"epochs": 0, "batch_size": 1, "img_size": 8, "workers": 0, "keep_last": 1, "save_every": 0,
+              "local_prompts": 0, "lin_blocks": 0, "lin_k": 1, "kla_topn": 1, "bottleneck": 1,
+              "val_every": 0, "coop_ctx": 1}
+
+
+def validate(cfg: TrainConfig) -> None:
+    for name, low in INT_RANGES.items():
+        if getattr(cfg, name) < low:
+            raise LoreError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(cfg, name)}")
+    if cfg.lr <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
+        raise LoreError(f"--lr must be > 0 and --min-lr in [0, lr]; got lr={cfg.lr}, min-lr={cfg.min_lr}")
+    if cfg.wd < 0:
+        raise LoreError(f"--wd must be >= 0, got {cfg.wd}")
+    if cfg.global_prompts is not None and cfg.global_prompts < 0:
+        raise LoreError(f"--global-prompts must be >= 0, got {cfg.global_prompts}")
+    if cfg.shots is not None and cfg.shots < 1:
+        raise LoreError(f"--shots must be >= 1, got {cfg.shots}")
+    if not 0 <= cfg.holdout < 1:
+        raise LoreError(f"--holdout must be in [0, 1), got {cfg.holdout}")
+    if cfg.curriculum == "easy-to-hard" and not cfg.shots:
+        raise LoreError("--curriculum easy-to-hard needs --shots N (images per class in each stage)")
+    if not cfg.dry_run and not cfg.resume:
+        if not cfg.data:
+            raise LoreError("--data PATH is required (or --dry-run --num-classes N)")
+        if not cfg.out:
+            raise LoreError("--out RUN_DIR is required")
+    if cfg.dry_run and not cfg.data and not cfg.num_classes:
+        raise LoreError("--dry-run needs --num-classes N or --data PATH")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file of options (command-line flags win)")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kw = dict(help=f"{f.metadata['help']} (default: {f.default})", default=argparse.SUPPRESS,
+                  dest=f.name)
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            continue
+        base = f.type if isinstance(f.type, type) else {"int": int, "float": float}.get(
+            f.type.split(" ")[0], str)
+        if "int" in str(f.type):
+            base = int
+        elif "float" in str(f.type):
+            base = float
+        parser.add_argument(flag, type=base, choices=f.metadata["choices"], **kw)
+
+
+def from_args(args: argparse.Namespace) -> TrainConfig:
+    values: dict = {}
+    if getattr(args, "config", None):
+        values.update(load_yaml(args.config))
+    values.update({f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
+    return make(values, source=getattr(args, "config", None) or "command line")
+
+
+def load_yaml(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise LoreError(f"--config {path}: file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise LoreError(f"--config {path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise LoreError(f"--config {path}: expected a mapping of option: value")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def make(values: dict, source: str = "config") -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise LoreError(f"{source}: unknown option(s) {unknown}")
+    cfg = TrainConfig(**values)
+    for f in fields(TrainConfig):
+        choices = f.metadata["choices"]
+        if choices and getattr(cfg, f.name) is not None and getattr(cfg, f.name) not in choices:
+            raise LoreError(f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)!r}: choose one of {choices}")
+    return cfg
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)

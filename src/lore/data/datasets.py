@@ -1,0 +1,272 @@
+"""Classification datasets from disk: ImageFolder, VPT/FGVC JSON, CoOp split JSON and CSV.
+
+Every reader returns the same :class:`Splits`: class names plus, per split, a list of
+``(absolute image path, label)``. The same tiny dataset stored in any of the formats loads to the
+same samples (tested).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import LoreError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+FORMATS = ("imagefolder", "vpt-json", "coop-split", "csv")
+SPLITS = ("train", "val", "test")
+
+Sample = tuple[str, int]
+
+
+@dataclass
+class Splits:
+    classnames: list[str]
+    splits: dict[str, list[Sample]] = field(default_factory=dict)
+    root: str = ""
+
+    def get(self, split: str) -> list[Sample]:
+        if split not in self.splits or not self.splits[split]:
+            have = [s for s in SPLITS if self.splits.get(s)]
+            raise LoreError(f"dataset {self.root} has no {split!r} split (it has: {', '.join(have)})")
+        return self.splits[split]
+
+
+def load_dataset(root: str, fmt: str = "imagefolder", classnames_file: str | None = None,
+                 image_dir: str | None = None, holdout: float = 0.2) -> Splits:
+    """Read a dataset's file lists (no image is decoded here) and check every listed file exists."""
+    path = Path(root)
+    if not path.exists():
+        raise LoreError(f"--data {root}: no such file or directory")
+    if fmt not in FORMATS:
+        raise LoreError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    reader = {"imagefolder": _imagefolder, "vpt-json": _vpt_json, "coop-split": _coop_split,
+              "csv": _csv}[fmt]
+    data = reader(path, image_dir, holdout)
+    if classnames_file:
+        names = _read_classnames(classnames_file)
+        if len(names) != len(data.classnames):
+            raise LoreError(f"--classnames {classnames_file}: lists {len(names)} classes but the "
+                            f"dataset has {len(data.classnames)}")
+        data.classnames = names
+    data.root = str(root)
+    for split, samples in data.splits.items():
+        missing = [p for p, _ in samples if not Path(p).is_file()]
+        if missing:
+            raise LoreError(f"--data {root}: {len(missing)} image(s) of the {split} split are missing, "
+                            f"e.g. {missing[0]}")
+        bad = [y for _, y in samples if not 0 <= y < len(data.classnames)]
+        if bad:
+            raise LoreError(f"--data {root}: label {bad[0]} in the {split} split is outside "
+                            f"0..{len(data.classnames) - 1}")
+    if not data.splits.get("train") and not data.splits.get("test"):
+        raise LoreError(f"--data {root}: no images found for format {fmt}")
+    return data
+
+
+def _read_classnames(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise LoreError(f"--classnames {path}: file not found")
+    if p.suffix == ".json":
+        names = json.loads(p.read_text())
+        if isinstance(names, dict):  # {"0": "name", ...} or {"name": 0, ...}
+            if all(isinstance(v, int) for v in names.values()):
+                names = sorted(names, key=names.get)
+            else:
+                names = [names[k] for k in sorted(names, key=int)]
+        return [str(n) for n in names]
+    return [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def _imagefolder(root: Path, image_dir: str | None, holdout: float) -> Splits:
+    if not root.is_dir():
+        raise LoreError(f"--data {root}: --format imagefolder needs a directory")
+    split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
+    parts = split_dirs or {"all": root}
+    classes = sorted({d.name for folder in parts.values() for d in folder.iterdir() if d.is_dir()})
+    if not classes:
+        raise LoreError(f"--data {root}: no class folders found (expected {root}/<class>/<image>)")
+    index = {c: i for i, c in enumerate(classes)}
+    splits: dict[str, list[Sample]] = {}
+    for split, folder in parts.items():
+        samples = []
+        for c in sorted(d.name for d in folder.iterdir() if d.is_dir()):
+            images = _list_images(folder / c)
+            if not images:
+                raise LoreError(f"--data {root}: class folder {folder / c} has no images")
+            samples += [(str(p.resolve()), index[c]) for p in images]
+        splits[split] = samples
+    if "all" in splits:
+        splits = _holdout_split(splits.pop("all"), holdout)
+    return Splits(classes, splits)
+
+
+def _holdout_split(samples: list[Sample], holdout: float) -> dict[str, list[Sample]]:
+    """Stable train/test split for a folder without split sub-folders: a file is held out by a hash
+    of its name, so adding files never moves the others."""
+    def held(path: str) -> bool:
+        h = int(hashlib.md5(Path(path).name.encode()).hexdigest()[:8], 16)
+        return h / 0xFFFFFFFF < holdout
+    return {"train": [s for s in samples if not held(s[0])], "test": [s for s in samples if held(s[0])]}
+
+
+def _resolve_image_root(root: Path, image_dir: str | None, first: str) -> Path:
+    if image_dir:
+        base = Path(image_dir) if Path(image_dir).is_absolute() else root / image_dir
+        if not base.is_dir():
+            raise LoreError(f"--image-dir {image_dir}: directory not found")
+        return base
+    for base in (root, root / "images", root / "jpg", root / "image"):
+        if (base / first).is_file():
+            return base
+    return root
+
+
+def _vpt_json(root: Path, image_dir: str | None, holdout: float) -> Splits:
+    if not root.is_dir():
+        raise LoreError(f"--data {root}: --format vpt-json needs the directory holding train.json/test.json")
+    raw = {}
+    for split in SPLITS:
+        f = root / f"{split}.json"
+        if f.is_file():
+            try:
+                raw[split] = json.loads(f.read_text())
+            except json.JSONDecodeError as e:
+                raise LoreError(f"{f} is not valid JSON ({e})") from None
+            if not isinstance(raw[split], dict):
+                raise LoreError(f"{f}: expected an object mapping image path -> class id")
+    if not raw:
+        raise LoreError(f"--data {root}: no train.json / val.json / test.json found for --format vpt-json")
+    first = next(iter(next(iter(raw.values()))), "")
+    base = _resolve_image_root(root, image_dir, first)
+    ids = sorted({int(v) for m in raw.values() for v in m.values()})
+    names: dict[int, str] = {}
+    for m in raw.values():  # FGVC layouts keep one folder per class: use its name
+        for rel, y in m.items():
+            parent = Path(rel).parent.name
+            names.setdefault(int(y), parent or f"class_{y}")
+    num = max(ids) + 1
+    classnames = [names.get(i, f"class_{i}") for i in range(num)]
+    splits = {s: [(str((base / rel).resolve()), int(y)) for rel, y in sorted(m.items())]
+              for s, m in raw.items()}
+    return Splits(classnames, splits)
+
+
+def _coop_split(root: Path, image_dir: str | None, holdout: float) -> Splits:
+    if root.is_file():
+        split_file, root = root, root.parent
+    else:
+        found = sorted(root.glob("split_zhou_*.json"))
+        if not found:
+            raise LoreError(f"--data {root}: no split_zhou_*.json file for --format coop-split")
+        split_file = found[0]
+    try:
+        raw = json.loads(split_file.read_text())
+    except json.JSONDecodeError as e:
+        raise LoreError(f"{split_file} is not valid JSON ({e})") from None
+    if not isinstance(raw, dict) or not any(s in raw for s in SPLITS):
+        raise LoreError(f"{split_file}: expected keys train/val/test holding [path, label, classname] lists")
+    first = next((item[0] for s in SPLITS for item in raw.get(s, [])[:1]), "")
+    base = _resolve_image_root(root, image_dir, first)
+    names: dict[int, str] = {}
+    splits: dict[str, list[Sample]] = {}
+    for s in SPLITS:
+        items = raw.get(s, [])
+        for item in items:
+            if not (isinstance(item, list) and len(item) == 3):
+                raise LoreError(f"{split_file}: {s} entries must be [path, label, classname], got {item!r}")
+            names.setdefault(int(item[1]), str(item[2]))
+        splits[s] = [(str((base / p).resolve()), int(y)) for p, y, _ in items]
+    classnames = [names.get(i, f"class_{i}") for i in range(max(names) + 1)]
+    return Splits(classnames, {k: v for k, v in splits.items() if v})
+
+
+def _csv(root: Path, image_dir: str | None, holdout: float) -> Splits:
+    files = {s: root / f"{s}.csv" for s in SPLITS if (root / f"{s}.csv").is_file()} if root.is_dir() \
+        else {"all": root}
+    if not files:
+        raise LoreError(f"--data {root}: no train.csv / val.csv / test.csv found for --format csv")
+    rows: dict[str, list[tuple[str, str]]] = {}
+    for s, f in files.items():
+        with open(f, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+                raise LoreError(f"{f}: expected a header with columns 'path' and 'label'")
+            rows[s] = [(r["path"], r["label"]) for r in reader]
+    labels = [y for r in rows.values() for _, y in r]
+    numeric = all(y.strip().lstrip("-").isdigit() for y in labels)
+    if numeric:
+        classnames = [f"class_{i}" for i in range(max(int(y) for y in labels) + 1)]
+        to_id = {y: int(y) for y in labels}
+    else:
+        classnames = sorted(set(labels))
+        to_id = {c: i for i, c in enumerate(classnames)}
+    base = Path(files[next(iter(files))]).parent
+    first = next((p for r in rows.values() for p, _ in r[:1]), "")
+    base = _resolve_image_root(base, image_dir, first)
+    splits = {s: [(str((base / p).resolve()), to_id[y]) for p, y in r] for s, r in rows.items()}
+    if "all" in splits:
+        splits = _holdout_split(splits.pop("all"), holdout)
+    return Splits(classnames, splits)
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding
+
+
+def load_image(path: str) -> Image.Image:
+    """Open any common image as 8-bit RGB (grayscale, RGBA, palette, CMYK and 16-bit all work)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                arr = np.asarray(im, dtype=np.float32)
+                hi = float(arr.max()) or 1.0
+                im = Image.fromarray((arr * (255.0 / hi)).clip(0, 255).astype(np.uint8), "L")
+            if im.mode == "P" and "transparency" in im.info:
+                im = im.convert("RGBA")
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise LoreError(f"cannot decode image {path} ({type(e).__name__}: {e}); remove or replace "
+                        "the file") from None
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """(path, label) samples -> (image tensor, label, index).
+
+    An item may be ``(index, seed)``: the augmentation then draws from a generator seeded by
+    ``seed``, so a sample's augmentation depends only on (run seed, epoch, position), not on which
+    worker or rank loads it, nor on where a resumed run restarts.
+    """
+
+    def __init__(self, samples: list[Sample], transform=None):
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        path, label = self.samples[index]
+        image = load_image(path)
+        if self.transform is not None:
+            if seed is None:
+                image = self.transform(image)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    image = self.transform(image)
+        return image, label, index

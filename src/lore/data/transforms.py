@@ -1,0 +1,34 @@
+"""Train / test transforms with the backbone's own mean, std and interpolation."""
+
+from __future__ import annotations
+
+import math
+
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+
+
+def _interp(name: str) -> InterpolationMode:
+    return {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
+            "nearest": InterpolationMode.NEAREST}.get(name, InterpolationMode.BICUBIC)
+
+
+def train_transform(img_size: int, data_config: dict) -> T.Compose:
+    """RandomResizedCrop + horizontal flip (the paper's augmentation)."""
+    return T.Compose([
+        T.RandomResizedCrop(img_size, interpolation=_interp(data_config.get("interpolation", "bicubic"))),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(data_config["mean"], data_config["std"]),
+    ])
+
+
+def eval_transform(img_size: int, data_config: dict) -> T.Compose:
+    """Resize (by the backbone's crop_pct) + center crop."""
+    crop_pct = data_config.get("crop_pct", 0.875) or 1.0
+    return T.Compose([
+        T.Resize(math.floor(img_size / crop_pct), interpolation=_interp(data_config.get("interpolation", "bicubic"))),
+        T.CenterCrop(img_size),
+        T.ToTensor(),
+        T.Normalize(data_config["mean"], data_config["std"]),
+    ])

@@ -1,0 +1,173 @@
+"""Semantic knowledge: one frozen, L2-normalised text embedding per class.
+
+The knowledge encoder (CLIP's text tower in the paper) runs once per run, never inside a training
+step; the (C, d) matrix is cached in the run directory as ``knowledge.safetensors``.
+
+Specs (``--knowledge``):
+- ``clip:<open_clip model>/<pretrained tag>``: CLIP text tower via open_clip. The model may be a
+  path to an open_clip JSON config (e.g. a tiny one for tests) and the tag ``none`` (random init).
+- ``sentence:<sentence-transformers model or local path>``.
+- ``file:<path.safetensors|path.npy>``: a (num_classes x dim) matrix computed elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .errors import LoreError
+from .io import atomic_save
+
+DEFAULT_TEMPLATE = "This is a photo of a {}."
+ZEROSHOT_TEMPLATE = "a photo of a {}."
+
+# timm CLIP image towers -> the open_clip model holding the matching text tower
+_TIMM_TO_OPEN_CLIP = {
+    "vit_base_patch16_clip_224.openai": "ViT-B-16/openai",
+    "vit_base_patch32_clip_224.openai": "ViT-B-32/openai",
+    "vit_large_patch14_clip_224.openai": "ViT-L-14/openai",
+    "vit_large_patch14_clip_336.openai": "ViT-L-14-336/openai",
+    "vit_base_patch16_clip_224.laion2b": "ViT-B-16/laion2b_s34b_b88k",
+    "vit_base_patch32_clip_224.laion2b": "ViT-B-32/laion2b_s34b_b79k",
+    "vit_large_patch14_clip_224.laion2b": "ViT-L-14/laion2b_s32b_b82k",
+}
+DEFAULT_KNOWLEDGE = "clip:ViT-B-16/openai"
+
+
+def default_knowledge_spec(backbone: str) -> str:
+    """The backbone's own text tower for CLIP backbones, CLIP ViT-B/16's otherwise."""
+    name = backbone if "." in backbone else backbone + ".openai"
+    return "clip:" + _TIMM_TO_OPEN_CLIP.get(name, DEFAULT_KNOWLEDGE.split(":", 1)[1])
+
+
+def read_templates(template: str | None) -> list[str]:
+    """A template string with ``{}``, or a file of templates (one per line; embeddings averaged)."""
+    template = template or DEFAULT_TEMPLATE
+    path = Path(template)
+    if "{}" not in template and path.suffix in (".txt", ".json") :
+        if not path.is_file():
+            raise LoreError(f"--template file not found: {template}")
+        lines = (json.loads(path.read_text()) if path.suffix == ".json"
+                 else [ln.strip() for ln in path.read_text().splitlines() if ln.strip()])
+        templates = list(lines)
+    else:
+        templates = [template]
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise LoreError(f"--template {bad[0]!r} has no '{{}}' placeholder for the class name")
+    return templates
+
+
+def encode_classes(spec: str, classnames: list[str], templates: list[str],
+                   device: str | torch.device = "cpu") -> torch.Tensor:
+    """Embed every class name with the knowledge encoder: (C, d), L2-normalised, float32."""
+    kind, _, arg = spec.partition(":")
+    if kind == "file":
+        emb = _load_matrix(arg)
+        if emb.shape[0] != len(classnames):
+            raise LoreError(f"--knowledge {spec}: holds {emb.shape[0]} rows but the dataset has "
+                            f"{len(classnames)} classes; compute one row per class, in class order")
+    elif kind == "clip":
+        emb = _encode_open_clip(arg, classnames, templates, device)
+    elif kind == "sentence":
+        emb = _encode_sentence(arg, classnames, templates)
+    else:
+        raise LoreError(f"--knowledge {spec!r}: expected clip:MODEL/TAG, sentence:MODEL or file:PATH")
+    if not torch.isfinite(emb).all():
+        raise LoreError(f"--knowledge {spec}: embeddings contain NaN or Inf")
+    return F.normalize(emb.float(), dim=-1).cpu()
+
+
+def cached_class_embeddings(cache: Path, spec: str, classnames: list[str], templates: list[str],
+                            device: str | torch.device = "cpu") -> torch.Tensor:
+    """Compute the class embeddings once and keep them in ``cache`` (keyed by spec, classes, templates)."""
+    key = hashlib.sha256(json.dumps([spec, classnames, templates]).encode()).hexdigest()[:16]
+    if cache.is_file():
+        try:
+            data = load_file(str(cache))
+            if data.get("key") is not None and bytes(data["key"].tolist()).decode() == key:
+                return data["embeddings"]
+        except Exception:
+            pass  # an unreadable cache is recomputed
+    emb = encode_classes(spec, classnames, templates, device)
+    key_t = torch.tensor(list(key.encode()), dtype=torch.uint8)
+    atomic_save(cache, lambda tmp: save_file({"embeddings": emb.contiguous(), "key": key_t}, tmp))
+    return emb
+
+
+def _load_matrix(path: str) -> torch.Tensor:
+    p = Path(path)
+    if not p.is_file():
+        raise LoreError(f"--knowledge file:{path}: file not found")
+    try:
+        if p.suffix == ".npy":
+            arr = np.load(p, allow_pickle=False)
+            mat = torch.from_numpy(np.asarray(arr, dtype=np.float32))
+        else:
+            tensors = load_file(str(p))
+            if len(tensors) != 1 and "embeddings" not in tensors:
+                raise LoreError(f"--knowledge file:{path}: expected one tensor (or one named "
+                                f"'embeddings'), found {sorted(tensors)}")
+            mat = tensors.get("embeddings", next(iter(tensors.values()))).float()
+    except LoreError:
+        raise
+    except Exception as e:
+        raise LoreError(f"--knowledge file:{path}: could not read it ({e}); use .safetensors or .npy") from None
+    if mat.ndim != 2:
+        raise LoreError(f"--knowledge file:{path}: expected a (num_classes x dim) matrix, got shape "
+                        f"{tuple(mat.shape)}")
+    return mat
+
+
+def load_open_clip(arg: str, device: str | torch.device = "cpu"):
+    """``MODEL/TAG`` -> (open_clip model, tokenizer). MODEL may be a JSON config path; TAG ``none``."""
+    import open_clip
+
+    name, _, tag = arg.rpartition("/") if "/" in arg and not arg.endswith(".json") else (arg, "", "")
+    if name.endswith(".json"):
+        cfg = Path(name)
+        if not cfg.is_file():
+            raise LoreError(f"--knowledge clip:{arg}: config file {name} not found")
+        open_clip.add_model_config(cfg)
+        name = cfg.stem
+    pretrained = None if tag in ("", "none") else tag
+    try:
+        model = open_clip.create_model(name, pretrained=pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(name)
+    except RuntimeError as e:
+        raise LoreError(f"--knowledge clip:{arg}: {e}") from None
+    except Exception as e:
+        raise LoreError(f"--knowledge clip:{arg}: could not load the CLIP text tower "
+                        f"({type(e).__name__}: {e}); check the name/tag or use file:PATH") from None
+    return model.eval(), tokenizer
+
+
+@torch.no_grad()
+def _encode_open_clip(arg: str, classnames: list[str], templates: list[str],
+                      device: str | torch.device) -> torch.Tensor:
+    model, tokenizer = load_open_clip(arg, device)
+    texts = [t.format(c.replace("_", " ")) for c in classnames for t in templates]
+    feats = torch.cat([model.encode_text(tokenizer(texts[i:i + 256]).to(device), normalize=True)
+                       for i in range(0, len(texts), 256)])
+    return feats.reshape(len(classnames), len(templates), -1).mean(1)
+
+
+def _encode_sentence(arg: str, classnames: list[str], templates: list[str]) -> torch.Tensor:
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise LoreError("--knowledge sentence:...: install sentence-transformers "
+                        "(pip install 'lore[demo]')") from None
+    try:
+        model = SentenceTransformer(arg, device="cpu")
+    except Exception as e:
+        raise LoreError(f"--knowledge sentence:{arg}: could not load the model ({e})") from None
+    texts = [t.format(c.replace("_", " ")) for c in classnames for t in templates]
+    feats = torch.as_tensor(model.encode(texts, convert_to_numpy=True, normalize_embeddings=True))
+    return feats.reshape(len(classnames), len(templates), -1).mean(1)

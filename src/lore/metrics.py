@@ -1,0 +1,297 @@
+"""Evaluation metrics with the communities' exact definitions.
+
+- :func:`accuracy`: top-k classification accuracy (fractions).
+- :func:`revisited_map`: mAP and mP@k of the revisited Oxford/Paris protocol (Radenovic et al.,
+  CVPR 2018), the same numbers as the official ``compute_map`` of the revisitop toolkit.
+- :func:`davis_j`, :func:`davis_f`: region similarity (IoU) and boundary F-measure of the DAVIS
+  2017 evaluation, empty-mask edge cases included.
+- :func:`davis_statistics`: per-object mean, recall and decay of a per-frame measure (DAVIS).
+- :func:`pck`: percentage of correct keypoints (as a fraction).
+
+All inputs may be numpy arrays or torch tensors; results are plain floats or numpy arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def _np(x: ArrayLike | Sequence) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _torch(x: ArrayLike) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+# --------------------------------------------------------------------------------------------
+# classification
+# --------------------------------------------------------------------------------------------
+
+def accuracy(logits: torch.Tensor, target: torch.Tensor, topk: Sequence[int] = (1, 5)) -> list[float]:
+    """Top-k accuracies of ``logits`` (N, C) against integer ``target`` (N,), as fractions.
+
+    Returns one float per entry of ``topk``, in the same order. k larger than the number of
+    classes counts as C (every sample is then correct), as in timm.
+    """
+    if logits.ndim != 2 or target.ndim != 1 or logits.shape[0] != target.shape[0]:
+        raise ValueError(f"accuracy: expected logits (N, C) and target (N,), got "
+                         f"{tuple(logits.shape)} and {tuple(target.shape)}")
+    n, num_classes = logits.shape
+    if n == 0:
+        return [float("nan")] * len(topk)
+    maxk = min(max(topk), num_classes)
+    pred = logits.topk(maxk, dim=1).indices  # (N, maxk), best first
+    hit = pred.eq(target.view(-1, 1).to(pred.device))
+    # cumulative: a sample is correct at k if the target is anywhere in its first k guesses
+    hit_at = hit.cumsum(dim=1).clamp(max=1).float().sum(dim=0)  # (maxk,)
+    return [float(hit_at[min(k, maxk) - 1]) / n for k in topk]
+
+
+# --------------------------------------------------------------------------------------------
+# revisited Oxford / Paris retrieval
+# --------------------------------------------------------------------------------------------
+
+def _average_precision(pos: np.ndarray, nres: int) -> float:
+    """Trapezoidal AP of the revisitop toolkit.
+
+    ``pos``: sorted zero-based ranks of the retrieved positives (junk already removed);
+    ``nres``: number of positives of the query. Each positive adds the trapezoid between the
+    precision just before it (j / rank, 1 at rank 0) and at it ((j + 1) / (rank + 1)).
+    """
+    j = np.arange(len(pos), dtype=np.float64)
+    r = pos.astype(np.float64)
+    precision_0 = np.where(r == 0, 1.0, j / np.maximum(r, 1.0))
+    precision_1 = (j + 1.0) / (r + 1.0)
+    return float(((precision_0 + precision_1) / 2.0).sum() / nres)
+
+
+def _ranked_map(ranks: np.ndarray, ok: list[np.ndarray], junk: list[np.ndarray],
+                kappas: Sequence[int]) -> dict:
+    """mAP and mP@k over the queries that have positives (revisitop ``compute_map``)."""
+    aps: list[float] = []
+    prs: list[np.ndarray] = []
+    for i, (qok, qjunk) in enumerate(zip(ok, junk)):
+        if len(qok) == 0:  # no positive for this query at this difficulty: skipped
+            continue
+        column = ranks[:, i]
+        pos = np.flatnonzero(np.isin(column, qok))  # sorted positions in the ranked list
+        junk_pos = np.flatnonzero(np.isin(column, qjunk))
+        # every junk image ranked above a positive is removed from the list: shift it up
+        pos = pos - np.searchsorted(junk_pos, pos, side="left")
+        if len(pos) == 0:  # positives absent from a truncated ranking
+            aps.append(0.0)
+            prs.append(np.zeros(len(kappas)))
+            continue
+        aps.append(_average_precision(pos, len(qok)))
+        pos1 = pos + 1
+        # as the official code: precision at min(k, rank of the last positive)
+        kq = np.minimum(pos1.max(), np.asarray(kappas))
+        prs.append((pos1[None, :] <= kq[:, None]).sum(axis=1) / kq)
+    if not aps:
+        return {"map": float("nan"), "mp": [float("nan")] * len(kappas)}
+    return {"map": float(np.mean(aps)), "mp": [float(v) for v in np.mean(prs, axis=0)]}
+
+
+def _index_array(entry: dict, key: str) -> np.ndarray:
+    value = entry.get(key, [])
+    return np.asarray(value, dtype=np.int64).reshape(-1)
+
+
+def revisited_map(ranks: ArrayLike, gnd: Sequence[dict], kappas: Sequence[int] = (1, 5, 10)) -> dict:
+    """Revisited Oxford/Paris evaluation at the Easy, Medium and Hard difficulties.
+
+    ``ranks``: (num_db, num_queries) zero-based database indices, best first, one column per
+    query. ``gnd``: one dict per query with index lists ``easy``, ``hard``, ``junk``.
+
+    Easy: ok = easy, junk = junk + hard. Medium: ok = easy + hard, junk = junk.
+    Hard: ok = hard, junk = junk + easy. Returns
+    ``{"easy": {"map": float, "mp": [P@k for k in kappas]}, "medium": {...}, "hard": {...}}``.
+    """
+    ranks = _np(ranks)
+    if ranks.ndim != 2 or ranks.shape[1] != len(gnd):
+        raise ValueError(f"revisited_map: ranks must be (num_db, {len(gnd)}), got {ranks.shape}")
+    easy = [_index_array(g, "easy") for g in gnd]
+    hard = [_index_array(g, "hard") for g in gnd]
+    junk = [_index_array(g, "junk") for g in gnd]
+    cat = np.concatenate
+    return {
+        "easy": _ranked_map(ranks, easy, [cat([j, h]) for j, h in zip(junk, hard)], kappas),
+        "medium": _ranked_map(ranks, [cat([e, h]) for e, h in zip(easy, hard)], junk, kappas),
+        "hard": _ranked_map(ranks, hard, [cat([j, e]) for j, e in zip(junk, easy)], kappas),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# DAVIS 2017
+# --------------------------------------------------------------------------------------------
+
+def _masks(gt: ArrayLike, pred: ArrayLike, void: ArrayLike | None) -> tuple[torch.Tensor, ...]:
+    gt_t, pred_t = _torch(gt).bool(), _torch(pred).bool()
+    if gt_t.shape != pred_t.shape or gt_t.ndim not in (2, 3):
+        raise ValueError(f"DAVIS measures need masks of the same shape (H, W) or (T, H, W), got "
+                         f"{tuple(gt_t.shape)} and {tuple(pred_t.shape)}")
+    void_t = torch.zeros_like(gt_t) if void is None else _torch(void).bool()
+    if void_t.shape != gt_t.shape:
+        raise ValueError(f"void mask shape {tuple(void_t.shape)} differs from {tuple(gt_t.shape)}")
+    return gt_t, pred_t, void_t
+
+
+def davis_j(gt: ArrayLike, pred: ArrayLike, void: ArrayLike | None = None) -> float | np.ndarray:
+    """Region similarity J: IoU of binary masks, void pixels ignored; J = 1 when both are empty.
+
+    (H, W) masks give a float, (T, H, W) masks one value per frame.
+    """
+    gt_t, pred_t, void_t = _masks(gt, pred, void)
+    valid = ~void_t
+    inter = ((gt_t & pred_t) & valid).sum(dim=(-2, -1)).double()
+    union = ((gt_t | pred_t) & valid).sum(dim=(-2, -1)).double()
+    j = torch.where(union == 0, torch.ones_like(union), inter / union.clamp(min=1))
+    return float(j) if j.ndim == 0 else j.numpy()
+
+
+def seg2bmap(seg: torch.Tensor) -> torch.Tensor:
+    """One-pixel boundary map of binary masks (..., H, W), as the DAVIS ``seg2bmap``.
+
+    A pixel is on the boundary when it differs from its east, south or south-east neighbour
+    (outside the image counts as background); the last row compares only with the east
+    neighbour, the last column only with the south one, and the bottom-right pixel is never a
+    boundary.
+    """
+    seg = seg.bool()
+    east = torch.zeros_like(seg)
+    south = torch.zeros_like(seg)
+    south_east = torch.zeros_like(seg)
+    east[..., :, :-1] = seg[..., :, 1:]
+    south[..., :-1, :] = seg[..., 1:, :]
+    south_east[..., :-1, :-1] = seg[..., 1:, 1:]
+    b = (seg ^ east) | (seg ^ south) | (seg ^ south_east)
+    b[..., -1, :] = seg[..., -1, :] ^ east[..., -1, :]
+    b[..., :, -1] = seg[..., :, -1] ^ south[..., :, -1]
+    b[..., -1, -1] = False
+    return b
+
+
+def _disk_half_widths(radius: int) -> list[int]:
+    """Half-width of the row ``dy`` (0..radius) of skimage's ``disk(radius)``: x^2 + dy^2 <= r^2."""
+    return [math.isqrt(radius * radius - dy * dy) for dy in range(radius + 1)]
+
+
+def dilate_disk(b: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary dilation of (..., H, W) masks by a disk of integer ``radius`` (zero border).
+
+    Same result as ``cv2.dilate(b, skimage.morphology.disk(radius))``. A disk is a union of
+    horizontal segments, one per row offset dy; each segment dilation is a sliding-window count
+    read off a cumulative sum, so the cost is O(H W radius), not O(H W radius^2).
+    """
+    if radius <= 0:
+        return b.bool().clone()
+    H, W = b.shape[-2:]
+    csum = torch.nn.functional.pad(b.to(torch.int32).cumsum(dim=-1), (1, 0))  # (..., H, W + 1)
+    x = torch.arange(W)
+    out = torch.zeros(b.shape, dtype=torch.bool)
+    rows: dict[int, torch.Tensor] = {}
+    for dy, half in enumerate(_disk_half_widths(radius)):
+        if half not in rows:  # window [x - half, x + half] holds at least one boundary pixel
+            hi = (x + half + 1).clamp(max=W)
+            lo = (x - half).clamp(min=0)
+            rows[half] = (csum.index_select(-1, hi) - csum.index_select(-1, lo)) > 0
+        seg = rows[half]
+        if dy == 0:
+            out |= seg
+        elif dy < H:  # out[y] |= seg[y + dy] and out[y] |= seg[y - dy]
+            out[..., : H - dy, :] |= seg[..., dy:, :]
+            out[..., dy:, :] |= seg[..., : H - dy, :]
+    return out
+
+
+def _boundary_radius(shape: tuple[int, int], bound_th: float) -> int:
+    return int(bound_th if bound_th >= 1 else math.ceil(bound_th * math.hypot(*shape)))
+
+
+def davis_f(gt: ArrayLike, pred: ArrayLike, void: ArrayLike | None = None,
+            bound_th: float = 0.008) -> float | np.ndarray:
+    """Boundary F-measure of the DAVIS evaluation (``db_eval_boundary`` / ``f_measure``).
+
+    Boundaries come from :func:`seg2bmap` of the masks with void pixels removed; a boundary pixel
+    is matched when the other boundary lies within ``bound_th`` pixels (``bound_th < 1``: that
+    fraction of the image diagonal, rounded up), by dilation with a disk. Edge cases of the
+    official code: no predicted and no true boundary -> 1; only one of them empty -> 0.
+    (H, W) masks give a float, (T, H, W) masks one value per frame.
+    """
+    gt_t, pred_t, void_t = _masks(gt, pred, void)
+    single = gt_t.ndim == 2
+    if single:
+        gt_t, pred_t, void_t = gt_t[None], pred_t[None], void_t[None]
+    radius = _boundary_radius(tuple(gt_t.shape[-2:]), bound_th)
+    gt_b = seg2bmap(gt_t & ~void_t)
+    fg_b = seg2bmap(pred_t & ~void_t)
+
+    # Only pixels near some boundary can change the counts: dilate inside the bounding box of
+    # all boundary pixels (plus the radius), where the zero border gives the same answer.
+    any_b = (gt_b | fg_b).any(dim=0)
+    ys, xs = torch.nonzero(any_b.any(dim=1)).flatten(), torch.nonzero(any_b.any(dim=0)).flatten()
+    if len(ys):
+        H, W = any_b.shape
+        y0, y1 = max(int(ys[0]) - radius, 0), min(int(ys[-1]) + radius + 1, H)
+        x0, x1 = max(int(xs[0]) - radius, 0), min(int(xs[-1]) + radius + 1, W)
+        gt_b, fg_b = gt_b[:, y0:y1, x0:x1], fg_b[:, y0:y1, x0:x1]
+    fg_match = (fg_b & dilate_disk(gt_b, radius)).sum(dim=(-2, -1)).double()
+    gt_match = (gt_b & dilate_disk(fg_b, radius)).sum(dim=(-2, -1)).double()
+    n_fg = fg_b.sum(dim=(-2, -1)).double()
+    n_gt = gt_b.sum(dim=(-2, -1)).double()
+
+    precision = torch.where(n_fg > 0, fg_match / n_fg.clamp(min=1), torch.ones_like(n_fg))
+    recall = torch.where(n_gt > 0, gt_match / n_gt.clamp(min=1), torch.ones_like(n_gt))
+    # empty prediction but a true boundary: precision 1, recall 0 (and the converse): F = 0
+    precision = torch.where((n_fg > 0) & (n_gt == 0), torch.zeros_like(precision), precision)
+    recall = torch.where((n_fg == 0) & (n_gt > 0), torch.zeros_like(recall), recall)
+    denom = precision + recall
+    f = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-300), torch.zeros_like(denom))
+    return float(f[0]) if single else f.numpy()
+
+
+def davis_statistics(per_frame: ArrayLike) -> dict[str, float]:
+    """Mean, recall (fraction > 0.5) and decay (first quarter minus last quarter) of a per-frame
+    measure, as ``db_statistics`` of the DAVIS evaluation."""
+    values = _np(per_frame).astype(np.float64).reshape(-1)
+    if len(values) == 0:
+        return {"mean": float("nan"), "recall": float("nan"), "decay": float("nan")}
+    ids = (np.round(np.linspace(1, len(values), 5) + 1e-10) - 1).astype(np.int64)
+    bins = [values[ids[i]: ids[i + 1] + 1] for i in range(4)]
+    return {
+        "mean": float(np.nanmean(values)),
+        "recall": float(np.nanmean(values > 0.5)),
+        "decay": float(np.nanmean(bins[0]) - np.nanmean(bins[3])),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# keypoints
+# --------------------------------------------------------------------------------------------
+
+def pck(pred_xy: ArrayLike, gt_xy: ArrayLike, threshold: float | ArrayLike, alpha: float = 0.1) -> float:
+    """Fraction of keypoints whose prediction lies within ``alpha * threshold`` of the truth.
+
+    ``pred_xy``, ``gt_xy``: (N, 2) pixel coordinates; ``threshold``: a scalar or one value per
+    keypoint (e.g. the max side of the target bounding box). Distance <= bound counts as correct.
+    Returns NaN for N = 0.
+    """
+    pred, gt = _np(pred_xy).astype(np.float64), _np(gt_xy).astype(np.float64)
+    if pred.shape != gt.shape or pred.ndim != 2 or pred.shape[1] != 2:
+        raise ValueError(f"pck: expected two (N, 2) arrays, got {pred.shape} and {gt.shape}")
+    if len(pred) == 0:
+        return float("nan")
+    bound = alpha * _np(threshold).astype(np.float64)
+    dist = np.linalg.norm(pred - gt, axis=1)
+    return float(np.mean(dist <= bound))

@@ -1,0 +1,83 @@
+"""What every adaptation method shares: the frozen Black Box, a prompt source and a task head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..backbone import CLIP_LOGIT_SCALE, BlackBox
+
+
+class CosineHead(nn.Module):
+    """CLIP-style head: a linear layer on the L2-normalised image embedding, scaled by CLIP's
+    logit scale. Initialised from the class text embeddings when given, so training starts at the
+    zero-shot classifier."""
+
+    def __init__(self, dim: int, num_classes: int, init: torch.Tensor | None = None,
+                 scale: float = CLIP_LOGIT_SCALE):
+        super().__init__()
+        self.scale = scale
+        self.fc = nn.Linear(dim, num_classes)
+        if init is not None and init.shape == self.fc.weight.shape:
+            with torch.no_grad():
+                self.fc.weight.copy_(F.normalize(init.float(), dim=-1))
+                self.fc.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.scale * F.normalize(x, dim=-1))
+
+
+def make_head(black_box: BlackBox, num_classes: int, knowledge: torch.Tensor | None = None) -> nn.Module:
+    if black_box.is_clip:
+        return CosineHead(black_box.out_dim, num_classes, init=knowledge)
+    head = nn.Linear(black_box.out_dim, num_classes)
+    nn.init.trunc_normal_(head.weight, std=0.01)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+class AdaptedViT(nn.Module):
+    """Frozen Black Box + method-specific prompts + task head.
+
+    Subclasses override :meth:`prompts` (and :meth:`training_loss` for extra loss terms).
+    ``options`` holds the JSON-serialisable constructor arguments, saved in ``model.json``.
+    """
+
+    method: str = "linear"
+
+    def __init__(self, black_box: BlackBox, num_classes: int, head: nn.Module | None = None,
+                 **options):
+        super().__init__()
+        self.black_box = black_box
+        self.num_classes = num_classes
+        self.head = head if head is not None else make_head(black_box, num_classes)
+        self.options = options
+
+    def prompts(self, e0: torch.Tensor) -> torch.Tensor | None:
+        """Prompt tokens for E0 (B, h, w, D): (B|1, L_p, P, D) or None."""
+        return None
+
+    def features(self, images: torch.Tensor, attn_layers: tuple[int, ...] = ()) -> dict:
+        e0 = self.black_box.embed(images)
+        out = self.black_box.forward_embed(e0, self.prompts(e0), attn_layers)
+        return vars(out)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        e0 = self.black_box.embed(images)
+        return self.head(self.black_box.forward_embed(e0, self.prompts(e0)).pooled)
+
+    def training_loss(self, images: torch.Tensor, targets: torch.Tensor,
+                      index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """One training step's loss: (per-sample loss (B,), logits (B, C), {term: per-sample (B,)})."""
+        logits = self(images)
+        loss = F.cross_entropy(logits.float(), targets, reduction="none")
+        return loss, logits, {"task": loss.detach()}
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything but the frozen backbone: trainable parameters and their modules' buffers."""
+        skip = "" if self.black_box.trainable else "black_box."
+        return {k: v for k, v in self.state_dict().items() if not (skip and k.startswith(skip))}
+
+    def rebuild_options(self) -> dict:
+        return dict(self.options)

@@ -1,0 +1,119 @@
+"""LORE: frozen Black Box + White Box (LIN -> PG prompts; KLA + L_kp during training only).
+
+Inference path: E0 -> LIN -> PG -> [global prompts, locality prompts] -> ViT -> head. The patch
+embedding E0 is computed once and shared by the White Box and the ViT.
+Training adds: KLA on the rows of the true and wrong class, and L = L_task + lambda * L_kp.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..backbone import BlackBox
+from ..errors import LoreError
+from ..losses import kp_loss
+from ..whitebox import KLA, LIN, PromptGenerator
+from . import register
+from .base import AdaptedViT, make_head
+from .vpt import GlobalPrompts
+
+NEGATIVES = ("zeroshot", "model", "none")
+
+
+class LORE(AdaptedViT):
+    method = "lore"
+
+    def __init__(self, black_box: BlackBox, num_classes: int, knowledge: torch.Tensor | None = None,
+                 knowledge_dim: int | None = None, global_prompts: int = 8, local_prompts: int = 2,
+                 lin_blocks: int = 1, lin_k: int = 9, lin_variant: str = "vig", kla_topn: int = 9,
+                 kla_variant: str = "code", bottleneck: int = 32, kp: bool = True,
+                 kp_weight: float = 0.1, negative: str = "model"):
+        if negative not in NEGATIVES:
+            raise LoreError(f"--negative {negative!r}: choose one of {NEGATIVES}")
+        if kp and knowledge is None and knowledge_dim is None:
+            raise LoreError("LORE with L_kp needs class knowledge (--knowledge) or --no-kp")
+        knowledge_dim = int(knowledge.shape[1]) if knowledge is not None else knowledge_dim
+        super().__init__(black_box, num_classes, make_head(black_box, num_classes),
+                         knowledge_dim=knowledge_dim, global_prompts=global_prompts,
+                         local_prompts=local_prompts, lin_blocks=lin_blocks, lin_k=lin_k,
+                         lin_variant=lin_variant, kla_topn=kla_topn, kla_variant=kla_variant,
+                         bottleneck=bottleneck, kp=kp, kp_weight=kp_weight, negative=negative)
+        D, L = black_box.embed_dim, black_box.depth
+        self.global_prompts = GlobalPrompts(L, global_prompts, D) if global_prompts > 0 else None
+        self.lin = LIN(D, k=lin_k, blocks=lin_blocks, variant=lin_variant)
+        self.pg = PromptGenerator(D, L, num_prompts=local_prompts, bottleneck=bottleneck)
+        self.kla = KLA(D, knowledge_dim, topn=kla_topn, variant=kla_variant) if kp else None
+        self.kp_weight = kp_weight
+        self.negative = negative
+        # Frozen, never saved: only the training step reads them.
+        self.register_buffer("knowledge", knowledge.float() if knowledge is not None else None,
+                             persistent=False)
+        self.register_buffer("negatives", None, persistent=False)
+
+    def set_negatives(self, predictions: torch.Tensor) -> None:
+        """Per-training-image wrong class p (e.g. zero-shot CLIP predictions), indexed by sample."""
+        self.negatives = predictions.long().to(self.head_device())
+
+    def head_device(self) -> torch.device:
+        return next(self.head.parameters()).device
+
+    def white_box(self, e0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """E0 (B, h, w, D) -> (E^ (B, N, D), Y (B, D), locality prompts U (B, L, n_loc, D))."""
+        e_hat = self.lin(e0.flatten(1, 2))
+        y, u = self.pg(e_hat)
+        return e_hat, y, u
+
+    def _prompts(self, u: torch.Tensor) -> torch.Tensor:
+        if self.global_prompts is None:
+            return u
+        g = self.global_prompts().expand(u.shape[0], -1, -1, -1)
+        return torch.cat([g.to(u.dtype), u], dim=2)
+
+    def prompts(self, e0: torch.Tensor) -> torch.Tensor:
+        return self._prompts(self.white_box(e0)[2])
+
+    def training_loss(self, images, targets, index=None):
+        e0 = self.black_box.embed(images)
+        e_hat, y, u = self.white_box(e0)
+        logits = self.head(self.black_box.forward_embed(e0, self._prompts(u)).pooled)
+        task = F.cross_entropy(logits.float(), targets, reduction="none")
+        terms = {"task": task.detach()}
+        if self.kla is None or self.knowledge is None:
+            return task, logits, terms
+        wrong = self._wrong_class(logits, index)
+        rows = targets[:, None] if wrong is None else torch.stack([targets, wrong], dim=1)
+        protos, _ = self.kla.forward_rows(e_hat, self.knowledge[rows].to(e_hat.dtype),
+                                          grid_h=e0.shape[1])
+        kp = kp_loss(y.float(), protos[:, 0].float(), None if wrong is None else protos[:, 1].float(),
+                     targets, wrong, reduction="none")
+        terms["kp"] = kp.detach()
+        return task + self.kp_weight * kp, logits, terms
+
+    def _wrong_class(self, logits: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor | None:
+        if self.negative == "none":
+            return None
+        if self.negative == "zeroshot":
+            if self.negatives is None or index is None:
+                raise RuntimeError("negative='zeroshot' needs set_negatives() before training")
+            return self.negatives[index]
+        return logits.detach().argmax(dim=-1)
+
+    def kla_attention(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """KLA attention of each image over its patches for one class each: (B, h, w)."""
+        if self.kla is None or self.knowledge is None:
+            raise LoreError("this LORE model has no KLA / knowledge (trained with --no-kp?)")
+        e0 = self.black_box.embed(images)
+        e_hat, _, _ = self.white_box(e0)
+        attn = self.kla.attention(e_hat, self.knowledge[classes][:, None].to(e_hat.dtype),
+                                  grid_h=e0.shape[1])
+        return attn[:, 0].reshape(e0.shape[0], e0.shape[1], e0.shape[2])
+
+    def rebuild_options(self) -> dict:
+        return dict(self.options)
+
+
+@register("lore")
+def _lore(black_box: BlackBox, num_classes: int, global_prompts: int | None = None, **options) -> LORE:
+    return LORE(black_box, num_classes, global_prompts=8 if global_prompts is None else global_prompts,
+                **options)

@@ -1,0 +1,514 @@
+"""``lore train``: one harness for every method (single process or torchrun/DDP).
+
+Run directory: ``config.yaml`` (resolved options), ``metrics.jsonl`` (one line per epoch),
+``final.json`` (test accuracy, parameters, GFLOPs, speed), ``checkpoint.safetensors`` (trainable
+tensors only) + ``model.json`` (how to rebuild), ``fewshot.json`` (the chosen training files),
+``checkpoints/step-*.safetensors`` (resumable state: model, optimizer, RNG, position).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import config as config_mod
+from .backbone import clip_logits
+from .checkpoint import load_train_state, save_model, save_train_state
+from .config import TrainConfig
+from .data import (EpochBatchSampler, ImageDataset, ShardedSampler, eval_transform, few_shot_indices,
+                   load_dataset, train_transform)
+from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from .errors import LoreError
+from .flops import count_gflops, count_params
+from .io import atomic_write_json, atomic_write_text
+from .knowledge import (ZEROSHOT_TEMPLATE, cached_class_embeddings, default_knowledge_spec,
+                        read_templates)
+from .metrics import accuracy
+from .models import build_model
+
+# methods whose construction needs class text embeddings, and which template they use
+KNOWLEDGE_METHODS = {"lore", "zeroshot", "coop", "clip-adapter", "tip-adapter", "tip-adapter-f"}
+TRAINING_FREE = {"zeroshot", "tip-adapter"}
+
+
+@dataclass
+class Context:
+    cfg: TrainConfig
+    info: DistInfo
+    device: torch.device
+    out: Path
+    data_config: dict = field(default_factory=dict)
+
+    def log(self, msg: str) -> None:
+        if self.info.main:
+            tqdm.write(msg, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+
+
+def run(cfg: TrainConfig) -> dict:
+    if cfg.resume:
+        cfg = _resume_config(cfg)
+    config_mod.validate(cfg)
+    info = init_distributed(_device_name(cfg.device))
+    try:
+        if cfg.dry_run:
+            return dry_run(cfg)
+        return _train(cfg, info)
+    finally:
+        cleanup(info)
+
+
+def _device_name(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LoreError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise LoreError(f"--device {device!r}: expected cpu, cuda, cuda:N or auto")
+    return device
+
+
+def _resolve_device(cfg: TrainConfig, info: DistInfo) -> torch.device:
+    name = _device_name(cfg.device)
+    if name.startswith("cuda") and info.enabled:
+        return torch.device("cuda", info.local_rank)
+    return torch.device(name)
+
+
+def _resume_config(cfg: TrainConfig) -> TrainConfig:
+    run_dir = Path(cfg.resume)
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise LoreError(f"--resume {run_dir}: no config.yaml there (not a lore run directory)")
+    values = config_mod.load_yaml(str(saved))
+    # execution settings may change on resume; the recipe may not
+    for key in ("device", "workers", "save_every", "keep_last"):
+        values[key] = getattr(cfg, key)
+    values.update(resume=str(run_dir), out=str(run_dir))
+    return config_mod.make(values, source=str(saved))
+
+
+def build_from_config(cfg: TrainConfig, num_classes: int, knowledge: torch.Tensor | None = None,
+                      pretrained: bool | None = None) -> nn.Module:
+    """The model a config describes (same seed -> same initial White Box and random backbone)."""
+    torch.manual_seed(cfg.seed)
+    options = dict(knowledge=knowledge)
+    if cfg.method in ("vpt-shallow", "vpt-deep"):
+        options["num_prompts"] = cfg.global_prompts
+    elif cfg.method == "lore":
+        options.update(global_prompts=cfg.global_prompts, local_prompts=cfg.local_prompts,
+                       lin_blocks=cfg.lin_blocks, lin_k=cfg.lin_k, lin_variant=cfg.lin_variant,
+                       kla_topn=cfg.kla_topn, kla_variant=cfg.kla_variant, bottleneck=cfg.bottleneck,
+                       kp=cfg.kp, kp_weight=cfg.kp_weight, negative=_negative(cfg, knowledge),
+                       knowledge_dim=None if knowledge is not None else cfg.knowledge_dim)
+    elif cfg.method == "coop":
+        options.update(n_ctx=cfg.coop_ctx, csc=cfg.coop_csc)
+    elif cfg.method == "clip-adapter":
+        options.update(ratio=cfg.adapter_ratio)
+    elif cfg.method in ("tip-adapter", "tip-adapter-f"):
+        options.update(alpha=cfg.tip_alpha, beta=cfg.tip_beta)
+    return build_model(cfg.method, cfg.backbone, num_classes,
+                       pretrained=cfg.pretrained if pretrained is None else pretrained,
+                       checkpoint=cfg.checkpoint, backbone_args=cfg.backbone_args, **options)
+
+
+def _negative(cfg: TrainConfig, knowledge: torch.Tensor | None) -> str:
+    if cfg.negative is not None:
+        return cfg.negative
+    return "zeroshot" if _is_clip(cfg) and cfg.knowledge is None else "model"
+
+
+def _is_clip(cfg: TrainConfig) -> bool:
+    from .backbone import is_clip_name
+    return is_clip_name(cfg.backbone)
+
+
+def dry_run(cfg: TrainConfig) -> dict:
+    """Parameter and GFLOPs summary without data or pre-trained weights."""
+    num_classes = cfg.num_classes
+    if num_classes is None:
+        num_classes = len(load_dataset(cfg.data, cfg.format, cfg.classnames, cfg.image_dir).classnames)
+    knowledge = None
+    if cfg.method in ("zeroshot", "coop", "clip-adapter", "tip-adapter", "tip-adapter-f"):
+        knowledge = torch.randn(num_classes, cfg.knowledge_dim)
+    model = build_from_config(cfg, num_classes, knowledge=knowledge, pretrained=False)
+    params = count_params(model)
+    gflops = count_gflops(model, cfg.img_size)
+    baseline = count_gflops(build_model("linear", model.black_box, num_classes), cfg.img_size)
+    summary = {"method": cfg.method, "backbone": cfg.backbone, "num_classes": num_classes,
+               "img_size": cfg.img_size, **params, "gflops": round(gflops, 4),
+               "gflops_backbone": round(baseline, 4), "gflops_ratio": round(gflops / baseline, 4)}
+    print(f"{cfg.method} on {cfg.backbone} ({num_classes} classes, {cfg.img_size}px)")
+    print(f"  trainable parameters: {params['trainable_params']:,} of {params['total_params']:,} "
+          f"({params['trainable_pct']:.2f}%)")
+    print(f"  inference GFLOPs/image: {gflops:.3f} (plain backbone {baseline:.3f}, ratio {gflops / baseline:.3f})")
+    if cfg.out:
+        atomic_write_json(Path(cfg.out) / "model_summary.json", summary)
+        print(f"  written: {Path(cfg.out) / 'model_summary.json'}")
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def _train(cfg: TrainConfig, info: DistInfo) -> dict:
+    device = _resolve_device(cfg, info)
+    out = Path(cfg.out)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+    data = load_dataset(cfg.data, cfg.format, cfg.classnames, cfg.image_dir, cfg.holdout)
+    classnames = data.classnames
+    train_all = data.get("train")
+    test = data.splits.get("test") or data.get("val")
+    val = data.splits.get("val") if data.splits.get("test") else None
+    if info.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume:
+            _refuse_overwrite(out)
+        atomic_write_text(out / "config.yaml", config_mod.to_yaml(cfg))
+    ctx = Context(cfg, info, device, out)
+    knowledge = _knowledge(ctx, classnames) if cfg.method in KNOWLEDGE_METHODS else None
+    model = build_from_config(cfg, len(classnames), knowledge).to(device)
+    ctx.data_config = dict(model.black_box.data_config)
+    recipe = {"backbone": cfg.backbone, "pretrained": cfg.pretrained, "checkpoint": cfg.checkpoint,
+              "backbone_args": cfg.backbone_args, "backbone_init_seed": cfg.seed,
+              "classnames": classnames, "img_size": cfg.img_size, "data": cfg.data}
+    started = time.time()
+    stages: dict[str, dict] = {}
+    if cfg.curriculum == "easy-to-hard":
+        easy = _by_difficulty(ctx, model, train_all, len(classnames), hardest=False, use_prompts=False)
+        _record_selection(ctx, "fewshot_e.json", train_all, easy)
+        _fit(ctx, model, [train_all[i] for i in easy], cfg.lr, "e", val, knowledge, classnames)
+        stages["e"] = evaluate(ctx, model, test)
+        hard = _by_difficulty(ctx, model, train_all, len(classnames), hardest=True, use_prompts=True)
+        _record_selection(ctx, "fewshot_h.json", train_all, hard)
+        _fit(ctx, model, [train_all[i] for i in hard], cfg.stage_h_lr, "h", val, knowledge, classnames)
+    else:
+        chosen = list(range(len(train_all)))
+        if cfg.shots:
+            chosen = few_shot_indices([y for _, y in train_all], cfg.shots, cfg.seed, classnames).tolist()
+            _record_selection(ctx, "fewshot.json", train_all, chosen)
+        if cfg.method not in TRAINING_FREE:
+            _fit(ctx, model, [train_all[i] for i in chosen], cfg.lr, "main", val, knowledge, classnames)
+        elif hasattr(model, "build_cache"):
+            model.build_cache(_encode(ctx, model, [train_all[i] for i in chosen]), len(classnames))
+    train_seconds = time.time() - started
+    result = evaluate(ctx, model, test)
+    final = {"method": cfg.method, "backbone": cfg.backbone, "dataset": cfg.data, "shots": cfg.shots,
+             "seed": cfg.seed, "num_classes": len(classnames), "test_samples": result["n"],
+             "test_acc1": result["acc1"], "test_acc5": result["acc5"], **count_params(model),
+             "gflops": round(count_gflops(model, cfg.img_size, device), 4),
+             "seconds": round(train_seconds, 2), "images_per_s": result["images_per_s"]}
+    if stages:
+        stages["h"] = result
+        final["stages"] = {k: {"test_acc1": v["acc1"], "test_acc5": v["acc5"]} for k, v in stages.items()}
+    last = _last_metrics(out)
+    for key in ("loss", "loss_task", "loss_kp"):
+        if key in last:
+            final[key] = last[key]
+    if info.main:
+        save_model(out, model, recipe)
+        atomic_write_json(out / "final.json", final)
+        ctx.log(f"test top-1 {final['test_acc1']:.4f}  top-5 {final['test_acc5']:.4f}  -> {out}")
+    barrier(info)
+    return final
+
+
+def _refuse_overwrite(out: Path) -> None:
+    if (out / "final.json").exists() or (out / "checkpoints").exists():
+        raise LoreError(f"--out {out} already holds a run; choose a new directory or continue it "
+                        f"with --resume {out}")
+
+
+def _knowledge(ctx: Context, classnames: list[str]) -> torch.Tensor | None:
+    cfg = ctx.cfg
+    if cfg.method == "lore" and not cfg.kp:
+        return None
+    spec = cfg.knowledge or default_knowledge_spec(cfg.backbone)
+    template = cfg.template if cfg.method == "lore" or cfg.template else ZEROSHOT_TEMPLATE
+    emb = cached_class_embeddings(ctx.out / "knowledge.safetensors", spec, classnames,
+                                  read_templates(template), ctx.device)
+    return emb
+
+
+def _record_selection(ctx: Context, name: str, samples: list, chosen: list[int]) -> None:
+    if ctx.info.main:
+        atomic_write_json(ctx.out / name, {"seed": ctx.cfg.seed, "shots": ctx.cfg.shots,
+                                           "files": [samples[i][0] for i in chosen],
+                                           "labels": [samples[i][1] for i in chosen]})
+
+
+def _cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * step / max(total, 1)))
+
+
+def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or cfg.amp == "none":
+        return None
+    if cfg.amp == "fp16":
+        return torch.float16
+    return torch.bfloat16
+
+
+class _Step(nn.Module):
+    """The training loss as a module's forward, so DDP's gradient hooks see it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, targets, index):
+        return self.model.training_loss(images, targets, index)
+
+
+def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, val: list | None,
+         knowledge: torch.Tensor | None, classnames: list[str]) -> None:
+    cfg, info, device = ctx.cfg, ctx.info, ctx.device
+    if getattr(model, "negative", None) == "zeroshot" and knowledge is not None:
+        model.set_negatives(_zero_shot_predictions(ctx, model, samples, classnames))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise LoreError(f"--method {cfg.method} has no trainable parameters")
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.wd)
+    dataset = ImageDataset(samples, train_transform(cfg.img_size, ctx.data_config))
+    steps_per_epoch = EpochBatchSampler(len(samples), cfg.batch_size, cfg.seed, 0, info.rank, info.world).steps()
+    if steps_per_epoch == 0:
+        raise LoreError(f"{len(samples)} training images cannot fill a batch on {info.world} processes")
+    total = steps_per_epoch * cfg.epochs
+    counters = {"stage": stage, "epoch": 0, "step": 0, "global_step": 0, "sums": {}}
+    ckpt_dir = ctx.out / "checkpoints"
+    resumed = _latest_state(ckpt_dir, stage) if cfg.resume else None
+    if resumed is not None:
+        counters = load_train_state(resumed, model, optimizer)
+        ctx.log(f"resumed from {resumed} (epoch {counters['epoch']}, step {counters['step']})")
+    if info.main:
+        _truncate_metrics(ctx.out / "metrics.jsonl", stage, counters["epoch"])
+    step_fn: nn.Module = _Step(model)
+    if info.enabled:
+        step_fn = nn.parallel.DistributedDataParallel(
+            step_fn, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        step_fn = torch.compile(step_fn)
+    amp = _amp_dtype(cfg, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    model.train()
+    for epoch in range(counters["epoch"], cfg.epochs):
+        sampler = EpochBatchSampler(len(samples), cfg.batch_size, cfg.seed, epoch + 1000 * (stage == "h"),
+                                    info.rank, info.world, start_step=counters["step"])
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
+                                             pin_memory=device.type == "cuda",
+                                             persistent_workers=False)
+        sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in counters["sums"].items()}
+        epoch_start = time.time()
+        bar = tqdm(loader, desc=f"{stage} epoch {epoch + 1}/{cfg.epochs}", disable=not info.main or None,
+                   leave=False, dynamic_ncols=True, file=sys.stderr)
+        for images, targets, index in bar:
+            step = counters["step"]
+            global_batch = min(cfg.batch_size, len(samples) - step * cfg.batch_size)
+            cur_lr = _cosine_lr(counters["global_step"], total, lr, cfg.min_lr)
+            for g in optimizer.param_groups:
+                g["lr"] = cur_lr
+            images = images.to(device, non_blocking=True)
+            targets, index = targets.to(device), index.to(device)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                per_sample, logits, terms = step_fn(images, targets, index)
+            # sum / global batch * world: DDP's gradient averaging then gives the global-batch mean
+            loss = per_sample.float().sum() * info.world / global_batch
+            _check_finite(loss, info, epoch, step, counters["global_step"], ckpt_dir)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            batch_sums = {"n": float(len(targets)), "loss": per_sample.detach().float().sum().item(),
+                          "correct": (logits.detach().argmax(-1) == targets).sum().item()}
+            for k, v in terms.items():
+                batch_sums[f"loss_{k}"] = v.float().sum().item()
+            for k, v in batch_sums.items():
+                sums[k] = sums.get(k, torch.tensor(0.0, dtype=torch.float64)) + v
+            counters["step"] += 1
+            counters["global_step"] += 1
+            bar.set_postfix(loss=f"{batch_sums['loss'] / max(batch_sums['n'], 1):.4f}", lr=f"{cur_lr:.2e}")
+            if cfg.save_every and counters["global_step"] % cfg.save_every == 0 and counters["step"] < steps_per_epoch:
+                counters["sums"] = {k: float(v) for k, v in sums.items()}
+                _save_state(ctx, model, optimizer, counters)
+        bar.close()
+        line = _epoch_metrics(ctx, model, sums, epoch, stage, cur_lr, time.time() - epoch_start, val)
+        counters.update(epoch=epoch + 1, step=0, sums={})
+        if info.main:
+            with open(ctx.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(line) + "\n")
+        _save_state(ctx, model, optimizer, counters)
+        ctx.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items()))
+    model.eval()
+
+
+def _check_finite(loss: torch.Tensor, info: DistInfo, epoch: int, step: int, global_step: int,
+                  ckpt_dir: Path) -> None:
+    flag = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
+    if all_reduce_sum(flag, info).item() > 0:
+        raise LoreError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step} (global step "
+                        f"{global_step}); training stopped, the last good checkpoint in {ckpt_dir} is "
+                        "kept. Lower --lr, check the data, or disable --amp")
+
+
+def _epoch_metrics(ctx: Context, model: nn.Module, sums: dict, epoch: int, stage: str, lr: float,
+                   seconds: float, val: list | None) -> dict:
+    keys = sorted(sums)
+    vec = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=ctx.device)
+    vec = dict(zip(keys, all_reduce_sum(vec, ctx.info).tolist()))
+    n = max(vec.get("n", 0.0), 1.0)
+    line = {"stage": stage, "epoch": epoch + 1, "lr": lr, "loss": vec.get("loss", 0.0) / n}
+    for k in keys:
+        if k.startswith("loss_"):
+            line[k] = vec[k] / n
+    line["train_acc"] = vec.get("correct", 0.0) / n
+    if val and ctx.cfg.val_every and (epoch + 1) % ctx.cfg.val_every == 0:
+        line["val_acc"] = evaluate(ctx, model, val)["acc1"]
+        model.train()
+    line["seconds"] = round(seconds, 3)
+    return line
+
+
+def _save_state(ctx: Context, model: nn.Module, optimizer, counters: dict) -> None:
+    if not ctx.info.main:
+        return
+    ckpt_dir = ctx.out / "checkpoints"
+    ckpt_dir.mkdir(exist_ok=True)
+    name = f"{counters['stage']}-step-{counters['global_step']:08d}.safetensors"
+    save_train_state(ckpt_dir / name, model, optimizer, counters)
+    kept = sorted(ckpt_dir.glob(f"{counters['stage']}-step-*.safetensors"))
+    for old in kept[:-ctx.cfg.keep_last]:
+        old.unlink(missing_ok=True)
+
+
+def _latest_state(ckpt_dir: Path, stage: str) -> Path | None:
+    """Newest readable training checkpoint of ``stage`` (a truncated newest one is skipped)."""
+    from safetensors import safe_open
+
+    for path in sorted(ckpt_dir.glob(f"{stage}-step-*.safetensors"), reverse=True):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.metadata()
+            return path
+        except Exception:
+            continue
+    return None
+
+
+def _truncate_metrics(path: Path, stage: str, epoch: int) -> None:
+    """Drop metric lines a killed run wrote after its last checkpoint (no duplicates on resume)."""
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    keep = []
+    for ln in lines:
+        rec = json.loads(ln)
+        if rec.get("stage") == stage and rec.get("epoch", 0) > epoch:
+            continue
+        keep.append(ln)
+    if len(keep) != len(lines):
+        atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+
+def _last_metrics(out: Path) -> dict:
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return json.loads(lines[-1]) if lines else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation and feature passes
+
+
+def _eval_loader(ctx: Context, samples: list, batch_size: int | None = None):
+    dataset = ImageDataset(samples, eval_transform(ctx.cfg.img_size, ctx.data_config))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size or ctx.cfg.batch_size,
+                                       sampler=ShardedSampler(len(samples), ctx.info.rank, ctx.info.world),
+                                       num_workers=ctx.cfg.workers, pin_memory=ctx.device.type == "cuda")
+
+
+@torch.no_grad()
+def evaluate(ctx: Context, model: nn.Module, samples: list) -> dict:
+    """Top-1 / top-5 accuracy over ``samples`` (sharded across processes, reduced)."""
+    model.eval()
+    amp = _amp_dtype(ctx.cfg, ctx.device)
+    sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)
+    start = time.time()
+    for images, targets, _ in tqdm(_eval_loader(ctx, samples), desc="eval", leave=False,
+                                   disable=not ctx.info.main or None, file=sys.stderr):
+        images, targets = images.to(ctx.device), targets.to(ctx.device)
+        with torch.autocast(ctx.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = model(images)
+        top1, top5 = accuracy(logits.float(), targets, topk=(1, min(5, logits.shape[1])))
+        n = len(targets)
+        sums += torch.tensor([top1 * n, top5 * n, n], dtype=torch.float64, device=ctx.device)
+    sums = all_reduce_sum(sums, ctx.info)
+    seconds = time.time() - start
+    n = max(sums[2].item(), 1.0)
+    return {"acc1": sums[0].item() / n, "acc5": sums[1].item() / n, "n": int(sums[2].item()),
+            "seconds": round(seconds, 3), "images_per_s": round(sums[2].item() / max(seconds, 1e-9), 2)}
+
+
+@torch.no_grad()
+def _encode(ctx: Context, model: nn.Module, samples: list, use_prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features (pre-head) and labels of ``samples`` in order (single process)."""
+    model.eval()
+    feats, labels = [], []
+    loader = torch.utils.data.DataLoader(ImageDataset(samples, eval_transform(ctx.cfg.img_size, ctx.data_config)),
+                                         batch_size=ctx.cfg.batch_size, num_workers=ctx.cfg.workers)
+    for images, targets, _ in tqdm(loader, desc="features", leave=False, disable=not ctx.info.main or None,
+                                   file=sys.stderr):
+        images = images.to(ctx.device)
+        out = model.features(images) if use_prompts else vars(model.black_box(images))
+        feats.append(out["pooled"].float().cpu())
+        labels.append(targets)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def _zero_shot_predictions(ctx: Context, model: nn.Module, samples: list, classnames: list[str]) -> torch.Tensor:
+    """The frozen CLIP's zero-shot prediction for every training image (computed once)."""
+    spec = ctx.cfg.knowledge or default_knowledge_spec(ctx.cfg.backbone)
+    text = cached_class_embeddings(ctx.out / "zeroshot_text.safetensors", spec, classnames,
+                                   [ZEROSHOT_TEMPLATE], ctx.device)
+    if text.shape[1] != model.black_box.out_dim:
+        raise LoreError(f"--negative zeroshot: text embeddings are {text.shape[1]}-d but the image "
+                        f"embedding is {model.black_box.out_dim}-d; use --negative model")
+    feats, _ = _encode(ctx, model, samples)
+    return clip_logits(feats, text).argmax(dim=-1)
+
+
+def _by_difficulty(ctx: Context, model: nn.Module, samples: list, num_classes: int, hardest: bool,
+                   use_prompts: bool) -> list[int]:
+    """Indices of the N easiest (or hardest) images per class; difficulty = cosine distance of the
+    image's CLS feature to its class centroid."""
+    feats, labels = _encode(ctx, model, samples, use_prompts=use_prompts)
+    feats = F.normalize(feats, dim=-1)
+    centroids = F.normalize(torch.zeros(num_classes, feats.shape[1]).index_add_(0, labels, feats), dim=-1)
+    distance = 1 - (feats * centroids[labels]).sum(-1)
+    key = -distance if hardest else distance
+    # rank within class: sort by (label, key) and keep the first N of each class
+    order = torch.from_numpy(np.lexsort((key.numpy(), labels.numpy())))
+    counts = torch.bincount(labels, minlength=num_classes)
+    if (counts[counts > 0] < ctx.cfg.shots).any():
+        few = int(torch.nonzero(counts < ctx.cfg.shots)[0])
+        raise LoreError(f"--shots {ctx.cfg.shots}: class {few} has only {int(counts[few])} training images")
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(labels)) - starts[labels[order]]
+    return sorted(order[rank < ctx.cfg.shots].tolist())

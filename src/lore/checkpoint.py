@@ -84,7 +84,22 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint
         raise LoreError(f"--run {run_dir}: the backbone weights differ from those the run was trained "
                         "on (another checkpoint or pretrained tag?); pass the original --checkpoint")
     load_trainable(model, load_state(run_dir / checkpoint_name), run_dir / checkpoint_name)
+    _attach_knowledge(model, run_dir)
     return model.to(device).eval(), meta
+
+
+def _attach_knowledge(model: nn.Module, run_dir: Path) -> None:
+    """Give a LORE model its cached class knowledge back, for KLA attention maps. Optional:
+    inference never needs it, and a run whose knowledge file was deleted still loads."""
+    path = run_dir / "knowledge.safetensors"
+    if getattr(model, "kla", None) is None or not path.is_file():
+        return
+    try:
+        emb = load_file(str(path))["embeddings"]
+    except Exception:
+        return
+    if emb.shape == (model.num_classes, model.kla.knowledge_dim):
+        model.knowledge = emb.float()
 
 
 def load_trainable(model: nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:

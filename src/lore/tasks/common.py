@@ -1,0 +1,143 @@
+"""What the three downstream protocols share: the feature extractor around a model (B-B or a
+trained run), image-to-tensor conversion with the backbone's own normalisation, and the results
+file."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from ..data.datasets import load_image
+from ..errors import LoreError
+from ..io import atomic_write_json
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+class Extractor:
+    """Frozen features of a model for the downstream protocols.
+
+    ``model`` is anything built by ``lore.build_model`` (B-B, LORE, VPT, ...): it has
+    ``features(images) -> {"cls": (B, D), "patches": (B, h, w, D), ...}`` and ``black_box``.
+    Inputs must be multiples of the patch size (timm runs with ``dynamic_img_size=True``).
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device | str | None = None):
+        self.model = model.eval()
+        self.black_box = model.black_box
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        config = self.black_box.data_config
+        self.mean = torch.tensor(config["mean"], dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(config["std"], dtype=torch.float32).view(3, 1, 1)
+        self.patch_size = int(self.black_box.patch_size)
+
+    @property
+    def method(self) -> str:
+        return str(getattr(self.model, "method", "b-b"))
+
+    @property
+    def backbone(self) -> str:
+        return str(getattr(self.black_box, "name", "") or type(self.black_box.vit).__name__)
+
+    def to_tensor(self, image: Image.Image) -> torch.Tensor:
+        """8-bit RGB PIL image -> normalised (3, H, W) float tensor."""
+        x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy())
+        x = x.permute(2, 0, 1).float().div_(255.0)
+        return (x - self.mean) / self.std
+
+    def crop_to_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """Keep the top-left region whose sides are multiples of the patch size (what a ViT with
+        a stride-p patch convolution sees anyway: the remainder pixels never enter a patch)."""
+        p = self.patch_size
+        H, W = x.shape[-2:]
+        if H < p or W < p:
+            raise LoreError(f"an image of {W}x{H} pixels is smaller than one {p}x{p} patch; "
+                            "raise --imsize / --short-side")
+        return x[..., : H - H % p, : W - W % p]
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 3, H, W) normalised images -> {"cls": (B, D), "patches": (B, h, w, D)} in float32."""
+        if images.ndim == 3:
+            images = images.unsqueeze(0)
+        out = self.model.features(images.to(self.device, non_blocking=True))
+        return {"cls": out["cls"].float(), "patches": out["patches"].float()}
+
+    def describe(self) -> dict[str, str]:
+        return {"method": self.method, "backbone": self.backbone}
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """--out and the model choice (``--run RUN_DIR | --backbone NAME``, see ``lore.runs``)."""
+    from ..runs import add_model_arguments
+
+    parser.add_argument("--out", required=True, help="output directory (results.json is written there)")
+    add_model_arguments(parser)
+
+
+def extractor_from_args(args: argparse.Namespace) -> Extractor:
+    from ..runs import model_from_args
+
+    model = model_from_args(args)
+    return Extractor(model)
+
+
+def check_out_dir(out: str | Path) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LoreError(f"--out {out} is a file; give a directory")
+    return out
+
+
+def _json_safe(value):
+    """NaN (a difficulty without any positive, an empty category) -> null, so the file is JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_results(out: str | Path, results: dict) -> Path:
+    return atomic_write_json(Path(out) / "results.json", _json_safe(results))
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}f}"

@@ -1,0 +1,36 @@
+"""Shared fixtures: a tiny random-init ViT and small generated datasets in real on-disk formats."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+TINY = "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2"
+TINY_BACKBONE = ["--backbone", "vit_small_patch16_224", "--no-pretrained", "--backbone-args", TINY,
+                 "--img-size", "32", "--workers", "0"]
+
+
+def lore_cli(*args: str) -> int:
+    """Run the CLI in-process; returns the exit status."""
+    from lore.cli import main
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def colors(tmp_path_factory) -> Path:
+    from lore.synthetic.colors import write_imagefolder
+    return write_imagefolder(tmp_path_factory.mktemp("colors"))
+
+
+@pytest.fixture(scope="session")
+def knowledge_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("knowledge") / "k.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32))
+    return path

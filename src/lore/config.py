@@ -46,6 +46,8 @@ class TrainConfig:
     wd: float = opt(0.1, "weight decay")
     momentum: float = opt(0.9, "SGD momentum")
     img_size: int = opt(224, "training / test image size")
+    aug: str = opt("rrc-flip", "training augmentation: RandomResizedCrop + flip (paper), flip only, or none",
+                   ["rrc-flip", "flip", "none"])
     val_every: int = opt(1, "evaluate on the val split every N epochs (0: never)")
     # execution
     device: str = opt("auto", "cpu | cuda | cuda:N | auto")

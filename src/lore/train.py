@@ -285,7 +285,7 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
     if not params:
         raise LoreError(f"--method {cfg.method} has no trainable parameters")
     optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.wd)
-    dataset = ImageDataset(samples, train_transform(cfg.img_size, ctx.data_config))
+    dataset = ImageDataset(samples, train_transform(cfg.img_size, ctx.data_config, cfg.aug))
     steps_per_epoch = EpochBatchSampler(len(samples), cfg.batch_size, cfg.seed, 0, info.rank, info.world).steps()
     if steps_per_epoch == 0:
         raise LoreError(f"{len(samples)} training images cannot fill a batch on {info.world} processes")

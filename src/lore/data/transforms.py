@@ -13,8 +13,13 @@ def _interp(name: str) -> InterpolationMode:
             "nearest": InterpolationMode.NEAREST}.get(name, InterpolationMode.BICUBIC)
 
 
-def train_transform(img_size: int, data_config: dict) -> T.Compose:
-    """RandomResizedCrop + horizontal flip (the paper's augmentation)."""
+def train_transform(img_size: int, data_config: dict, aug: str = "rrc-flip") -> T.Compose:
+    """``rrc-flip``: RandomResizedCrop + horizontal flip (the paper's augmentation); ``flip``: the
+    test-time resize/crop + flip; ``none``: the test-time transform."""
+    if aug == "none":
+        return eval_transform(img_size, data_config)
+    if aug == "flip":
+        return T.Compose([eval_transform(img_size, data_config), T.RandomHorizontalFlip()])
     return T.Compose([
         T.RandomResizedCrop(img_size, interpolation=_interp(data_config.get("interpolation", "bicubic"))),
         T.RandomHorizontalFlip(),

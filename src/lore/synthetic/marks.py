@@ -54,6 +54,8 @@ def write_marks(root: Path, letters: str, n_train: int, n_test: int, size: int =
     """ImageFolder ``root/{train,test}/letter X/NNNN.png`` for the given letters."""
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("test", n_test)):
+        if n == 0:
+            continue
         for letter in letters:
             folder = root / split / class_name(letter)
             folder.mkdir(parents=True, exist_ok=True)

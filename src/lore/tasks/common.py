@@ -13,9 +13,11 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from ..data.datasets import load_image
+# re-exported for the tasks: any image file -> 8-bit RGB, or a LoreError naming the file
+from ..data.datasets import load_image  # noqa: F401
 from ..errors import LoreError
 from ..io import atomic_write_json
+
 
 def positive_int(text: str) -> int:
     try:

@@ -182,14 +182,15 @@ class _GridCache:
             self.category, self.items = category, {}
         if path not in self.items:
             image = load_image(str(path))
-            if image.size != size:
-                raise LoreError(f"image {path} is {image.size[0]}x{image.size[1]} but its SPair "
-                                f"annotation says {size[0]}x{size[1]}; the files do not belong together")
             padded, scale, offset = letterbox(image, self.imsize)
             patches = self.extractor.features(self.extractor.to_tensor(padded))["patches"][0]
             grid = F.normalize(patches, dim=-1).permute(2, 0, 1).contiguous()  # (D, h, w)
-            self.items[path] = (grid, scale, offset)
-        return self.items[path]
+            self.items[path] = (grid, scale, offset, image.size)
+        grid, scale, offset, actual = self.items[path]
+        if actual != size:  # every pair's annotation is checked, also for cached images
+            raise LoreError(f"image {path} is {actual[0]}x{actual[1]} but the SPair annotation says "
+                            f"{size[0]}x{size[1]}; the files do not belong together")
+        return grid, scale, offset
 
 
 def evaluate(extractor: Extractor, pairs: list[SPairPair], imsize: int = 224, alpha: float = 0.1,
@@ -205,6 +206,8 @@ def evaluate(extractor: Extractor, pairs: list[SPairPair], imsize: int = 224, al
     for pair in tqdm(pairs, desc="SPair pairs", leave=False, dynamic_ncols=True):
         src_grid, s_scale, s_off = cache.get(pair.src, pair.src_size, pair.category)
         trg_grid, t_scale, t_off = cache.get(pair.trg, pair.trg_size, pair.category)
+        if len(pair.src_kps) == 0:  # nothing to score (still checked against its images)
+            continue
         src_xy = torch.from_numpy(pair.src_kps * s_scale + np.asarray(s_off)).to(src_grid.device)
         pred, kept = match_keypoints(src_grid, trg_grid, src_xy, imsize, extractor.patch_size, match)
         pred = (pred.cpu().numpy() - np.asarray(t_off)) / t_scale

@@ -1,0 +1,73 @@
+"""CLIP-Adapter (Gao et al., IJCV 2023): a residual bottleneck MLP on the frozen CLIP image
+embedding, classified by the frozen zero-shot text classifier.
+
+    x' = ratio * A(x) + (1 - ratio) * x,   logits = 100 * cos(x', text_c)
+
+A = Linear(d, d/4, no bias) -> ReLU -> Linear(d/4, d, no bias) -> ReLU. The paper's equation has no
+final ReLU; the reference code does, and we follow the code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..backbone import BlackBox
+from ..errors import LoreError
+from . import register
+from .base import AdaptedViT, CosineHead
+
+
+def require_clip(black_box: BlackBox, method: str) -> None:
+    if not black_box.is_clip:
+        raise LoreError(f"--method {method} needs a CLIP backbone whose image embedding lives in the "
+                        f"text space (e.g. vit_base_patch16_clip_224.openai), got {black_box.name}")
+
+
+def text_classifier(black_box: BlackBox, num_classes: int, knowledge: torch.Tensor | None) -> CosineHead:
+    """The frozen zero-shot head: 100 * cos(image embedding, class text embedding).
+
+    ``knowledge`` may be None when a saved run is rebuilt: the head's tensors are part of the
+    checkpoint, so evaluation never needs the text tower."""
+    head = CosineHead(black_box.out_dim, num_classes, init=knowledge)
+    if knowledge is not None and knowledge.shape != head.fc.weight.shape:
+        raise LoreError(f"class text embeddings are {tuple(knowledge.shape)} but the image embedding "
+                        f"is {black_box.out_dim}-d for {num_classes} classes: use the backbone's own "
+                        "CLIP text tower as --knowledge")
+    return head.requires_grad_(False)
+
+
+def image_embedding(black_box: BlackBox, images: torch.Tensor) -> torch.Tensor:
+    """(B, d) CLIP image embedding. The image tower is frozen and nothing before it trains, so no
+    activations are kept for backward."""
+    with torch.no_grad():
+        return black_box(images).pooled
+
+
+class ClipAdapter(AdaptedViT):
+    method = "clip-adapter"
+
+    def __init__(self, black_box: BlackBox, num_classes: int, knowledge: torch.Tensor | None = None,
+                 ratio: float = 0.2, reduction: int = 4):
+        require_clip(black_box, self.method)
+        if not 0.0 <= ratio <= 1.0:
+            raise LoreError(f"--adapter-ratio must be in [0, 1], got {ratio}")
+        super().__init__(black_box, num_classes, text_classifier(black_box, num_classes, knowledge),
+                         ratio=ratio, reduction=reduction)
+        d = black_box.out_dim
+        self.ratio = ratio
+        self.adapter = nn.Sequential(nn.Linear(d, d // reduction, bias=False), nn.ReLU(),
+                                     nn.Linear(d // reduction, d, bias=False), nn.ReLU())
+
+    def adapt(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, d) image embedding -> (B, d) residual-adapted embedding."""
+        return self.ratio * self.adapter(x) + (1 - self.ratio) * x
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.adapt(image_embedding(self.black_box, images)))
+
+
+@register("clip-adapter")
+def _clip_adapter(black_box: BlackBox, num_classes: int, knowledge=None, ratio: float = 0.2,
+                  reduction: int = 4, **_) -> AdaptedViT:
+    return ClipAdapter(black_box, num_classes, knowledge, ratio=ratio, reduction=reduction)

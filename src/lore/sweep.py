@@ -1,0 +1,271 @@
+"""``lore sweep``: the comparison grid methods x datasets x shots x seeds, then one table.
+
+Every cell is an ordinary ``lore train`` run directory, ``OUT/<dataset>/<method>/<K>shot/seed<S>``,
+run in this process through :func:`lore.train.run` (same few-shot sampling, seeds, augmentation and
+test sets for every method). Resumable: a cell with ``final.json`` is skipped, a cell with training
+checkpoints continues with ``--resume``. A cell that fails with a :class:`LoreError` is recorded
+and the sweep goes on; the command exits non-zero at the end if any cell failed.
+
+``OUT/table.md`` and ``OUT/table.json`` hold mean +- std of test top-1 (%) over seeds per
+(method, dataset, shots), in the paper's layout: methods as rows, datasets as columns, plus the
+average over datasets. They are rewritten after every cell, so a long sweep can be watched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from . import config as config_mod
+from .config import TrainConfig
+from .errors import LoreError
+from .io import atomic_write_json, atomic_write_text, read_json
+
+# TrainConfig fields the grid sets per cell (not passed through from the command line)
+GRID_FIELDS = {"method", "data", "format", "shots", "seed", "out", "resume", "dry_run", "num_classes"}
+# fields that may differ between invocations without changing a cell's result
+EXECUTION_FIELDS = {"device", "workers", "save_every", "keep_last", "resume", "out", "compile", "val_every"}
+DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    path: str
+    format: str = "imagefolder"
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: Dataset
+    method: str
+    shots: int
+    seed: int
+
+    def run_dir(self, out: Path) -> Path:
+        return out / self.dataset.name / self.method / f"{self.shots}shot" / f"seed{self.seed}"
+
+    def label(self) -> str:
+        return f"{self.method} / {self.dataset.name} / {self.shots}-shot / seed {self.seed}"
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--methods", required=True,
+                        help="comma-separated methods, e.g. lore,coop,clip-adapter,tip-adapter-f,vpt-deep,zeroshot")
+    parser.add_argument("--datasets", required=True,
+                        help="comma-separated NAME=PATH[:FORMAT] (FORMAT: imagefolder, vpt-json, "
+                             "coop-split, csv; default imagefolder)")
+    parser.add_argument("--shots", required=True, help="comma-separated shots per class, e.g. 16,8")
+    parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default: 1,2,3)")
+    parser.add_argument("--out", required=True, help="sweep directory (cells, table.md, table.json)")
+    group = parser.add_argument_group("training options for every cell (as in `lore train`)")
+    group.add_argument("--config", help="YAML file of training options (command-line flags win)")
+    for f in fields(TrainConfig):
+        if f.name in GRID_FIELDS:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kw = dict(help=f"{f.metadata['help']} (default: {f.default})", default=argparse.SUPPRESS, dest=f.name)
+        if "bool" in str(f.type):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        else:
+            kind = int if "int" in str(f.type) else float if "float" in str(f.type) else str
+            group.add_argument(flag, type=kind, choices=f.metadata["choices"], **kw)
+
+
+def main(args: argparse.Namespace) -> dict:
+    from .models import available_methods
+
+    methods = _split(args.methods, str, "--methods")
+    unknown = [m for m in methods if m not in available_methods()]
+    if unknown:
+        raise LoreError(f"--methods: unknown {unknown}; choose from: {', '.join(available_methods())}")
+    datasets = parse_datasets(args.datasets)
+    shots = _split(args.shots, int, "--shots")
+    seeds = _split(args.seeds, int, "--seeds")
+    if min(shots) < 1:
+        raise LoreError(f"--shots must all be >= 1, got {shots}")
+    base = dict(config_mod.load_yaml(args.config)) if getattr(args, "config", None) else {}
+    base.update({f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if f.name not in GRID_FIELDS and hasattr(args, f.name)})
+    return run_sweep(Path(args.out), methods, datasets, shots, seeds, base)
+
+
+def _split(text: str, cast, flag: str) -> list:
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        raise LoreError(f"{flag}: empty list")
+    try:
+        values = [cast(s) for s in items]
+    except ValueError:
+        raise LoreError(f"{flag} {text!r}: expected comma-separated {cast.__name__} values") from None
+    if len(set(values)) != len(values):
+        raise LoreError(f"{flag} {text!r}: repeated values")
+    return values
+
+
+def parse_datasets(text: str) -> list[Dataset]:
+    """``NAME=PATH[:FORMAT],...`` -> datasets (a trailing ``:FORMAT`` only if it names a format)."""
+    from .data import FORMATS
+
+    out: list[Dataset] = []
+    for item in _split(text, str, "--datasets"):
+        name, sep, rest = item.partition("=")
+        if not sep or not rest:
+            raise LoreError(f"--datasets: expected NAME=PATH[:FORMAT], got {item!r}")
+        if not DATASET_NAME.match(name):
+            raise LoreError(f"--datasets: dataset name {name!r} must be letters, digits, '_', '-', '.'")
+        path, sep, fmt = rest.rpartition(":")
+        out.append(Dataset(name, path, fmt) if sep and fmt in FORMATS else Dataset(name, rest))
+    names = [d.name for d in out]
+    if len(set(names)) != len(names):
+        raise LoreError(f"--datasets: repeated dataset name in {names}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the grid
+
+
+def run_sweep(out: Path, methods: list[str], datasets: list[Dataset], shots: list[int], seeds: list[int],
+              base: dict) -> dict:
+    """Run (or skip) every cell, write the table after each; raise LoreError if any cell failed."""
+    cells = [Cell(d, m, k, s) for d in datasets for k in shots for m in methods for s in seeds]
+    results: dict[Cell, dict] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    for i, cell in enumerate(cells, 1):
+        prefix = f"[{i}/{len(cells)}] {cell.label()}:"
+        started = time.time()
+        try:
+            final, how = run_cell(cell, out, base)
+            results[cell] = {"status": "done", "test_acc1": final["test_acc1"], "how": how}
+            print(f"{prefix} {how}, test top-1 {100 * final['test_acc1']:.2f} "
+                  f"({time.time() - started:.1f} s)", file=sys.stderr)
+        except LoreError as e:
+            results[cell] = {"status": "failed", "error": str(e).strip().splitlines()[0]}
+            print(f"{prefix} FAILED: {results[cell]['error']}", file=sys.stderr)
+        finally:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        table = summarise(out, cells, results, methods, datasets, shots, seeds)
+        write_table(out, table)
+    print(render_markdown(table))
+    failed = table["failed"]
+    if failed:
+        raise LoreError(f"{len(failed)} of {len(cells)} sweep cells failed (first: {failed[0]['cell']}: "
+                        f"{failed[0]['error']}); see {out / 'table.json'}")
+    return table
+
+
+def cell_config(cell: Cell, out: Path, base: dict) -> TrainConfig:
+    values = {**base, "method": cell.method, "data": cell.dataset.path, "format": cell.dataset.format,
+              "shots": cell.shots, "seed": cell.seed, "out": str(cell.run_dir(out)), "resume": None,
+              "dry_run": False}
+    return config_mod.make(values, source="lore sweep")
+
+
+def run_cell(cell: Cell, out: Path, base: dict) -> tuple[dict, str]:
+    """(final.json of the cell, how it was obtained: 'skipped', 'resumed' or 'ran')."""
+    from .train import run as train_run
+
+    cfg = cell_config(cell, out, base)
+    run_dir = cell.run_dir(out)
+    if (run_dir / "final.json").is_file():
+        _check_same_recipe(run_dir, cfg)
+        return read_json(run_dir / "final.json", "cell result"), "skipped"
+    if (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints").is_dir():
+        _check_same_recipe(run_dir, cfg)
+        return train_run(dataclasses.replace(cfg, resume=str(run_dir))), "resumed"
+    return train_run(cfg), "ran"
+
+
+def _check_same_recipe(run_dir: Path, cfg: TrainConfig) -> None:
+    """A kept cell must have been trained with the options asked for now, or the table mixes recipes."""
+    saved = config_mod.load_yaml(str(run_dir / "config.yaml"))
+    wanted = dataclasses.asdict(cfg)
+    # options the saved run predates (added to lore later) are taken to have had their default
+    diff = sorted(k for k in wanted if k not in EXECUTION_FIELDS and k in saved and saved[k] != wanted[k])
+    if diff:
+        k = diff[0]
+        raise LoreError(f"{run_dir} was run with other options ({k}: {saved.get(k)!r} there, "
+                        f"{wanted[k]!r} now); delete it or sweep into another --out")
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+
+
+def summarise(out: Path, cells: list[Cell], results: dict[Cell, dict], methods: list[str],
+              datasets: list[Dataset], shots: list[int], seeds: list[int]) -> dict:
+    """Mean and std (sample, over seeds; 0 for one seed) of test top-1 in % per cell."""
+    groups: dict[tuple[str, str, int], list[dict]] = {}
+    for cell in cells:
+        run = {"seed": cell.seed, "run_dir": str(cell.run_dir(out)), "status": "pending"}
+        run.update({k: v for k, v in results.get(cell, {}).items() if k != "how"})
+        if "test_acc1" in run:
+            run["test_acc1"] = 100.0 * run["test_acc1"]
+        groups.setdefault((cell.method, cell.dataset.name, cell.shots), []).append(run)
+    rows, failed = [], []
+    for (method, dataset, k), runs in groups.items():
+        accs = [r["test_acc1"] for r in runs if r["status"] == "done"]
+        rows.append({"method": method, "dataset": dataset, "shots": k, "n": len(accs),
+                     "mean": statistics.fmean(accs) if accs else None,
+                     "std": statistics.stdev(accs) if len(accs) > 1 else (0.0 if accs else None),
+                     "runs": runs})
+        failed += [{"cell": f"{method} / {dataset} / {k}-shot / seed {r['seed']}", "error": r["error"]}
+                   for r in runs if r["status"] == "failed"]
+    means = {(r["method"], r["dataset"], r["shots"]): r["mean"] for r in rows}
+    average = []
+    for k in shots:
+        for m in methods:
+            vals = [means[(m, d.name, k)] for d in datasets]
+            # the paper's average column: only over a complete row
+            average.append({"method": m, "shots": k,
+                            "mean": statistics.fmean(vals) if None not in vals else None})
+    return {"metric": "test top-1 accuracy (%)", "methods": methods,
+            "datasets": [dataclasses.asdict(d) for d in datasets], "shots": shots, "seeds": seeds,
+            "cells": rows, "average": average, "failed": failed}
+
+
+def render_markdown(table: dict) -> str:
+    names = [d["name"] for d in table["datasets"]]
+    cells = {(r["method"], r["dataset"], r["shots"]): r for r in table["cells"]}
+    average = {(a["method"], a["shots"]): a["mean"] for a in table["average"]}
+    seeds = table["seeds"]
+    lines = [f"# lore sweep: {table['metric']}, mean ± std over seeds {', '.join(map(str, seeds))}", ""]
+    for k in table["shots"]:
+        lines += [f"## {k}-shot", "", "| Method | " + " | ".join(names) + " | Average |",
+                  "|---|" + "---:|" * (len(names) + 1)]
+        for m in table["methods"]:
+            row = [_format_cell(cells[(m, d, k)], len(seeds)) for d in names]
+            avg = average[(m, k)]
+            lines.append(f"| {m} | " + " | ".join(row) + f" | {'—' if avg is None else f'{avg:.2f}'} |")
+        lines.append("")
+    if table["failed"]:
+        lines += ["## Failed cells", ""] + [f"- {f['cell']}: {f['error']}" for f in table["failed"]] + [""]
+    return "\n".join(lines)
+
+
+def _format_cell(row: dict, n_seeds: int) -> str:
+    if row["n"] == 0:
+        return "failed" if any(r["status"] == "failed" for r in row["runs"]) else "—"
+    text = f"{row['mean']:.2f} ± {row['std']:.2f}"
+    return text if row["n"] == n_seeds else f"{text} ({row['n']}/{n_seeds})"
+
+
+def write_table(out: Path, table: dict) -> None:
+    atomic_write_json(out / "table.json", table)
+    atomic_write_text(out / "table.md", render_markdown(table))

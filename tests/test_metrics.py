@@ -93,6 +93,7 @@ def test_davis_j_values_and_edge_cases() -> None:
     gt = np.array([[1, 1, 0, 0]], bool)
     pred = np.array([[1, 0, 1, 0]], bool)
     assert davis_j(gt, pred) == pytest.approx(1 / 3)
+    assert davis_j(torch.from_numpy(gt), torch.from_numpy(pred)) == pytest.approx(1 / 3)
     void = np.array([[0, 0, 1, 0]], bool)  # the false positive sits on a void pixel
     assert davis_j(gt, pred, void) == pytest.approx(1 / 2)
     empty = np.zeros((3, 4), bool)
@@ -108,25 +109,25 @@ def test_davis_j_values_and_edge_cases() -> None:
 def test_seg2bmap_hand_computed() -> None:
     seg = torch.zeros(4, 4, dtype=torch.bool)
     seg[1:3, 1:3] = True
-    expected = torch.tensor([[1, 1, 1, 0],
-                             [1, 0, 1, 0],
-                             [1, 1, 1, 0],
-                             [0, 0, 0, 0]], dtype=torch.bool)
-    assert torch.equal(seg2bmap(seg), expected)
+    expected = np.array([[1, 1, 1, 0],
+                         [1, 0, 1, 0],
+                         [1, 1, 1, 0],
+                         [0, 0, 0, 0]], dtype=bool)
+    assert np.array_equal(seg2bmap(seg), expected)
 
 
 def test_dilate_disk_equals_brute_force() -> None:
     rng = np.random.default_rng(0)
-    b = torch.from_numpy(rng.random((2, 23, 31)) < 0.03)
+    b = rng.random((2, 23, 31)) < 0.03
     for radius in (1, 2, 3, 5, 8):
         ys, xs = np.mgrid[-radius:radius + 1, -radius:radius + 1]
         disk = (xs ** 2 + ys ** 2) <= radius ** 2
         expected = np.zeros(b.shape, bool)
-        for t, y, x in zip(*np.nonzero(b.numpy())):
+        for t, y, x in zip(*np.nonzero(b)):
             for dy, dx in zip(ys[disk], xs[disk]):
                 if 0 <= y + dy < 23 and 0 <= x + dx < 31:
                     expected[t, y + dy, x + dx] = True
-        assert np.array_equal(dilate_disk(b, radius).numpy(), expected), radius
+        assert np.array_equal(dilate_disk(b, radius), expected), radius
 
 
 def test_davis_f_hand_computed() -> None:
@@ -186,7 +187,7 @@ def test_davis_f_against_naive_matching_at_davis_size() -> None:
     yy, xx = np.mgrid[:H, :W]
     gt = (yy - 240) ** 2 / 120 ** 2 + (xx - 400) ** 2 / 200 ** 2 <= 1
     pred = (yy - 250) ** 2 / 110 ** 2 + (xx - 415) ** 2 / 200 ** 2 <= 1
-    gb, pb = seg2bmap(torch.from_numpy(gt)).numpy(), seg2bmap(torch.from_numpy(pred)).numpy()
+    gb, pb = seg2bmap(gt), seg2bmap(pred)
     g_pts, p_pts = np.argwhere(gb), np.argwhere(pb)
     d2 = ((g_pts[:, None, :] - p_pts[None, :, :]) ** 2).sum(-1)
     precision = (d2.min(axis=0) <= 64).mean()

@@ -88,10 +88,17 @@ def _first_difference(a: list[str], b: list[str]) -> str:
     return f"{len(a)} vs {len(b)} classes"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Option errors as one line (exit 2), like every other input error."""
+
+    def error(self, message: str):
+        self.exit(2, f"lore: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="lore", description="LORE: locality-aware prompt learning "
+    parser = _Parser(prog="lore", description="LORE: locality-aware prompt learning "
                                      "for frozen pre-trained ViTs")
     parser.add_argument("--version", action="version", version=f"lore {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -99,6 +99,8 @@ def load_pickle_safe(path: str | os.PathLike, what: str = "pickle file") -> Any:
         with open(path, "rb") as f:
             return _RestrictedUnpickler(f, encoding="latin1").load()
     except pickle.UnpicklingError as e:
+        if "truncated" in str(e):
+            raise LoreError(f"{what} {path} is corrupt or truncated ({e})") from None
         raise LoreError(f"{what} {path} was refused: {e}. Only plain data (lists, dicts, strings, "
                         "numbers, numpy arrays) may be stored in it") from None
     except (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError) as e:

@@ -8,7 +8,8 @@
 - :func:`davis_statistics`: per-object mean, recall and decay of a per-frame measure (DAVIS).
 - :func:`pck`: percentage of correct keypoints (as a fraction).
 
-All inputs may be numpy arrays or torch tensors; results are plain floats or numpy arrays.
+All inputs may be numpy arrays or torch tensors; results are plain floats or numpy arrays. The
+mask measures run in numpy: single-threaded array passes, no thread start-up per small operation.
 """
 
 from __future__ import annotations
@@ -26,12 +27,6 @@ def _np(x: ArrayLike | Sequence) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
-
-
-def _torch(x: ArrayLike) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu()
-    return torch.from_numpy(np.ascontiguousarray(x))
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,15 +131,15 @@ def revisited_map(ranks: ArrayLike, gnd: Sequence[dict], kappas: Sequence[int] =
 # DAVIS 2017
 # --------------------------------------------------------------------------------------------
 
-def _masks(gt: ArrayLike, pred: ArrayLike, void: ArrayLike | None) -> tuple[torch.Tensor, ...]:
-    gt_t, pred_t = _torch(gt).bool(), _torch(pred).bool()
-    if gt_t.shape != pred_t.shape or gt_t.ndim not in (2, 3):
+def _masks(gt: ArrayLike, pred: ArrayLike, void: ArrayLike | None) -> tuple[np.ndarray, ...]:
+    gt_b, pred_b = _np(gt).astype(bool), _np(pred).astype(bool)
+    if gt_b.shape != pred_b.shape or gt_b.ndim not in (2, 3):
         raise ValueError(f"DAVIS measures need masks of the same shape (H, W) or (T, H, W), got "
-                         f"{tuple(gt_t.shape)} and {tuple(pred_t.shape)}")
-    void_t = torch.zeros_like(gt_t) if void is None else _torch(void).bool()
-    if void_t.shape != gt_t.shape:
-        raise ValueError(f"void mask shape {tuple(void_t.shape)} differs from {tuple(gt_t.shape)}")
-    return gt_t, pred_t, void_t
+                         f"{gt_b.shape} and {pred_b.shape}")
+    void_b = np.zeros_like(gt_b) if void is None else _np(void).astype(bool)
+    if void_b.shape != gt_b.shape:
+        raise ValueError(f"void mask shape {void_b.shape} differs from {gt_b.shape}")
+    return gt_b, pred_b, void_b
 
 
 def davis_j(gt: ArrayLike, pred: ArrayLike, void: ArrayLike | None = None) -> float | np.ndarray:
@@ -152,15 +147,15 @@ def davis_j(gt: ArrayLike, pred: ArrayLike, void: ArrayLike | None = None) -> fl
 
     (H, W) masks give a float, (T, H, W) masks one value per frame.
     """
-    gt_t, pred_t, void_t = _masks(gt, pred, void)
-    valid = ~void_t
-    inter = ((gt_t & pred_t) & valid).sum(dim=(-2, -1)).double()
-    union = ((gt_t | pred_t) & valid).sum(dim=(-2, -1)).double()
-    j = torch.where(union == 0, torch.ones_like(union), inter / union.clamp(min=1))
-    return float(j) if j.ndim == 0 else j.numpy()
+    gt_b, pred_b, void_b = _masks(gt, pred, void)
+    valid = ~void_b
+    inter = ((gt_b & pred_b) & valid).sum(axis=(-2, -1), dtype=np.float64)
+    union = ((gt_b | pred_b) & valid).sum(axis=(-2, -1), dtype=np.float64)
+    j = np.where(union == 0, 1.0, inter / np.maximum(union, 1.0))
+    return float(j) if j.ndim == 0 else j
 
 
-def seg2bmap(seg: torch.Tensor) -> torch.Tensor:
+def seg2bmap(seg: ArrayLike) -> np.ndarray:
     """One-pixel boundary map of binary masks (..., H, W), as the DAVIS ``seg2bmap``.
 
     A pixel is on the boundary when it differs from its east, south or south-east neighbour
@@ -168,10 +163,10 @@ def seg2bmap(seg: torch.Tensor) -> torch.Tensor:
     neighbour, the last column only with the south one, and the bottom-right pixel is never a
     boundary.
     """
-    seg = seg.bool()
-    east = torch.zeros_like(seg)
-    south = torch.zeros_like(seg)
-    south_east = torch.zeros_like(seg)
+    seg = _np(seg).astype(bool)
+    east = np.zeros_like(seg)
+    south = np.zeros_like(seg)
+    south_east = np.zeros_like(seg)
     east[..., :, :-1] = seg[..., :, 1:]
     south[..., :-1, :] = seg[..., 1:, :]
     south_east[..., :-1, :-1] = seg[..., 1:, 1:]
@@ -187,25 +182,27 @@ def _disk_half_widths(radius: int) -> list[int]:
     return [math.isqrt(radius * radius - dy * dy) for dy in range(radius + 1)]
 
 
-def dilate_disk(b: torch.Tensor, radius: int) -> torch.Tensor:
+def dilate_disk(b: ArrayLike, radius: int) -> np.ndarray:
     """Binary dilation of (..., H, W) masks by a disk of integer ``radius`` (zero border).
 
     Same result as ``cv2.dilate(b, skimage.morphology.disk(radius))``. A disk is a union of
     horizontal segments, one per row offset dy; each segment dilation is a sliding-window count
     read off a cumulative sum, so the cost is O(H W radius), not O(H W radius^2).
     """
+    b = _np(b).astype(bool)
     if radius <= 0:
-        return b.bool().clone()
+        return b.copy()
     H, W = b.shape[-2:]
-    csum = torch.nn.functional.pad(b.to(torch.int32).cumsum(dim=-1), (1, 0))  # (..., H, W + 1)
-    x = torch.arange(W)
-    out = torch.zeros(b.shape, dtype=torch.bool)
-    rows: dict[int, torch.Tensor] = {}
+    csum = np.zeros(b.shape[:-1] + (W + 1,), dtype=np.int32)
+    np.cumsum(b, axis=-1, dtype=np.int32, out=csum[..., 1:])
+    x = np.arange(W)
+    out = np.zeros(b.shape, dtype=bool)
+    rows: dict[int, np.ndarray] = {}
     for dy, half in enumerate(_disk_half_widths(radius)):
         if half not in rows:  # window [x - half, x + half] holds at least one boundary pixel
-            hi = (x + half + 1).clamp(max=W)
-            lo = (x - half).clamp(min=0)
-            rows[half] = (csum.index_select(-1, hi) - csum.index_select(-1, lo)) > 0
+            hi = np.minimum(x + half + 1, W)
+            lo = np.maximum(x - half, 0)
+            rows[half] = np.take(csum, hi, axis=-1) > np.take(csum, lo, axis=-1)
         seg = rows[half]
         if dy == 0:
             out |= seg
@@ -229,42 +226,42 @@ def davis_f(gt: ArrayLike, pred: ArrayLike, void: ArrayLike | None = None,
     official code: no predicted and no true boundary -> 1; only one of them empty -> 0.
     (H, W) masks give a float, (T, H, W) masks one value per frame.
     """
-    gt_t, pred_t, void_t = _masks(gt, pred, void)
-    single = gt_t.ndim == 2
+    gt_b, pred_b, void_b = _masks(gt, pred, void)
+    single = gt_b.ndim == 2
     if single:
-        gt_t, pred_t, void_t = gt_t[None], pred_t[None], void_t[None]
-    radius = _boundary_radius(tuple(gt_t.shape[-2:]), bound_th)
+        gt_b, pred_b, void_b = gt_b[None], pred_b[None], void_b[None]
+    radius = _boundary_radius(gt_b.shape[-2:], bound_th)
     chunk = 16  # frames at a time: bounds the memory of the dilation on long 480p clips
-    f = torch.cat([_boundary_f(gt_t[i:i + chunk], pred_t[i:i + chunk], void_t[i:i + chunk], radius)
-                   for i in range(0, len(gt_t), chunk)])
-    return float(f[0]) if single else f.numpy()
+    f = np.concatenate([_boundary_f(gt_b[i:i + chunk], pred_b[i:i + chunk], void_b[i:i + chunk], radius)
+                        for i in range(0, len(gt_b), chunk)])
+    return float(f[0]) if single else f
 
 
-def _boundary_f(gt: torch.Tensor, pred: torch.Tensor, void: torch.Tensor, radius: int) -> torch.Tensor:
+def _boundary_f(gt: np.ndarray, pred: np.ndarray, void: np.ndarray, radius: int) -> np.ndarray:
     """Per-frame boundary F of (T, H, W) boolean masks with a tolerance of ``radius`` pixels."""
     gt_b = seg2bmap(gt & ~void)
     fg_b = seg2bmap(pred & ~void)
     # Only pixels near some boundary can change the counts: dilate inside the bounding box of
     # all boundary pixels (plus the radius), where the zero border gives the same answer.
-    any_b = (gt_b | fg_b).any(dim=0)
-    ys, xs = torch.nonzero(any_b.any(dim=1)).flatten(), torch.nonzero(any_b.any(dim=0)).flatten()
+    any_b = (gt_b | fg_b).any(axis=0)
+    ys, xs = np.flatnonzero(any_b.any(axis=1)), np.flatnonzero(any_b.any(axis=0))
     if len(ys):
         H, W = any_b.shape
         y0, y1 = max(int(ys[0]) - radius, 0), min(int(ys[-1]) + radius + 1, H)
         x0, x1 = max(int(xs[0]) - radius, 0), min(int(xs[-1]) + radius + 1, W)
         gt_b, fg_b = gt_b[:, y0:y1, x0:x1], fg_b[:, y0:y1, x0:x1]
-    fg_match = (fg_b & dilate_disk(gt_b, radius)).sum(dim=(-2, -1)).double()
-    gt_match = (gt_b & dilate_disk(fg_b, radius)).sum(dim=(-2, -1)).double()
-    n_fg = fg_b.sum(dim=(-2, -1)).double()
-    n_gt = gt_b.sum(dim=(-2, -1)).double()
+    fg_match = (fg_b & dilate_disk(gt_b, radius)).sum(axis=(-2, -1), dtype=np.float64)
+    gt_match = (gt_b & dilate_disk(fg_b, radius)).sum(axis=(-2, -1), dtype=np.float64)
+    n_fg = fg_b.sum(axis=(-2, -1), dtype=np.float64)
+    n_gt = gt_b.sum(axis=(-2, -1), dtype=np.float64)
 
-    precision = torch.where(n_fg > 0, fg_match / n_fg.clamp(min=1), torch.ones_like(n_fg))
-    recall = torch.where(n_gt > 0, gt_match / n_gt.clamp(min=1), torch.ones_like(n_gt))
+    precision = np.where(n_fg > 0, fg_match / np.maximum(n_fg, 1.0), 1.0)
+    recall = np.where(n_gt > 0, gt_match / np.maximum(n_gt, 1.0), 1.0)
     # empty prediction but a true boundary: precision 1, recall 0 (and the converse): F = 0
-    precision = torch.where((n_fg > 0) & (n_gt == 0), torch.zeros_like(precision), precision)
-    recall = torch.where((n_fg == 0) & (n_gt > 0), torch.zeros_like(recall), recall)
+    precision = np.where((n_fg > 0) & (n_gt == 0), 0.0, precision)
+    recall = np.where((n_fg == 0) & (n_gt > 0), 0.0, recall)
     denom = precision + recall
-    return torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-300), torch.zeros_like(denom))
+    return np.where(denom > 0, 2 * precision * recall / np.where(denom > 0, denom, 1.0), 0.0)
 
 
 def davis_statistics(per_frame: ArrayLike) -> dict[str, float]:

@@ -36,9 +36,10 @@ from .knowledge import (ZEROSHOT_TEMPLATE, cached_class_embeddings, default_know
                         read_templates)
 from .metrics import accuracy
 from .models import build_model
+from .models.coop import weightless
 
 # methods whose construction needs class text embeddings, and which template they use
-KNOWLEDGE_METHODS = {"lore", "zeroshot", "coop", "clip-adapter", "tip-adapter", "tip-adapter-f"}
+KNOWLEDGE_METHODS = {"lore", "zeroshot", "clip-adapter", "tip-adapter", "tip-adapter-f"}
 TRAINING_FREE = {"zeroshot", "tip-adapter"}
 
 
@@ -103,7 +104,7 @@ def _resume_config(cfg: TrainConfig) -> TrainConfig:
 
 
 def build_from_config(cfg: TrainConfig, num_classes: int, knowledge: torch.Tensor | None = None,
-                      pretrained: bool | None = None) -> nn.Module:
+                      pretrained: bool | None = None, classnames: list[str] | None = None) -> nn.Module:
     """The model a config describes (same seed -> same initial White Box and random backbone)."""
     torch.manual_seed(cfg.seed)
     options = dict(knowledge=knowledge)
@@ -116,7 +117,11 @@ def build_from_config(cfg: TrainConfig, num_classes: int, knowledge: torch.Tenso
                        kp=cfg.kp, kp_weight=cfg.kp_weight, negative=_negative(cfg, knowledge),
                        knowledge_dim=None if knowledge is not None else cfg.knowledge_dim)
     elif cfg.method == "coop":
-        options.update(n_ctx=cfg.coop_ctx, csc=cfg.coop_csc)
+        # CoOp runs the frozen CLIP text tower itself; --dry-run builds it without weights
+        spec = cfg.knowledge or default_knowledge_spec(cfg.backbone)
+        options.update(n_ctx=cfg.coop_ctx, csc=cfg.coop_csc,
+                       classnames=classnames or [f"class {i}" for i in range(num_classes)],
+                       text_tower=spec if pretrained is not False else weightless(spec))
     elif cfg.method == "clip-adapter":
         options.update(ratio=cfg.adapter_ratio)
     elif cfg.method in ("tip-adapter", "tip-adapter-f"):
@@ -183,7 +188,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         atomic_write_text(out / "config.yaml", config_mod.to_yaml(cfg))
     ctx = Context(cfg, info, device, out)
     knowledge = _knowledge(ctx, classnames) if cfg.method in KNOWLEDGE_METHODS else None
-    model = build_from_config(cfg, len(classnames), knowledge).to(device)
+    model = build_from_config(cfg, len(classnames), knowledge, classnames=classnames).to(device)
     ctx.data_config = dict(model.black_box.data_config)
     recipe = {"backbone": cfg.backbone, "pretrained": cfg.pretrained, "checkpoint": cfg.checkpoint,
               "backbone_args": cfg.backbone_args, "backbone_init_seed": cfg.seed,
@@ -203,10 +208,10 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         if cfg.shots:
             chosen = few_shot_indices([y for _, y in train_all], cfg.shots, cfg.seed, classnames).tolist()
             _record_selection(ctx, "fewshot.json", train_all, chosen)
+        if hasattr(model, "build_cache"):  # Tip-Adapter(-F): the few-shot cache, before any training
+            model.build_cache(_encode(ctx, model, [train_all[i] for i in chosen]), len(classnames))
         if cfg.method not in TRAINING_FREE:
             _fit(ctx, model, [train_all[i] for i in chosen], cfg.lr, "main", val, knowledge, classnames)
-        elif hasattr(model, "build_cache"):
-            model.build_cache(_encode(ctx, model, [train_all[i] for i in chosen]), len(classnames))
     train_seconds = time.time() - started
     result = evaluate(ctx, model, test)
     final = {"method": cfg.method, "backbone": cfg.backbone, "dataset": cfg.data, "shots": cfg.shots,
@@ -239,10 +244,19 @@ def _knowledge(ctx: Context, classnames: list[str]) -> torch.Tensor | None:
     cfg = ctx.cfg
     if cfg.method == "lore" and not cfg.kp:
         return None
+    torch.manual_seed(cfg.seed)  # a random-init text tower (tests) encodes the same on every run
     spec = cfg.knowledge or default_knowledge_spec(cfg.backbone)
     template = cfg.template if cfg.method == "lore" or cfg.template else ZEROSHOT_TEMPLATE
-    emb = cached_class_embeddings(ctx.out / "knowledge.safetensors", spec, classnames,
-                                  read_templates(template), ctx.device)
+    return _rank0_cached(ctx, "knowledge.safetensors", spec, classnames, read_templates(template))
+
+
+def _rank0_cached(ctx: Context, name: str, spec: str, classnames: list[str], templates: list[str]) -> torch.Tensor:
+    """Rank 0 encodes and writes the cache; the other ranks read it (one file, one encoder run)."""
+    if ctx.info.main:
+        emb = cached_class_embeddings(ctx.out / name, spec, classnames, templates, ctx.device)
+    barrier(ctx.info)
+    if not ctx.info.main:
+        emb = cached_class_embeddings(ctx.out / name, spec, classnames, templates, ctx.device)
     return emb
 
 
@@ -310,9 +324,11 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
     for epoch in range(counters["epoch"], cfg.epochs):
         sampler = EpochBatchSampler(len(samples), cfg.batch_size, cfg.seed, epoch + 1000 * (stage == "h"),
                                     info.rank, info.world, start_step=counters["step"])
+        # an own generator: creating the iterator must not draw from the global RNG, or a resumed
+        # run's dropout masks would drift from the uninterrupted run's
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
                                              pin_memory=device.type == "cuda",
-                                             persistent_workers=False)
+                                             generator=torch.Generator().manual_seed(cfg.seed + epoch))
         sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in counters["sums"].items()}
         epoch_start = time.time()
         bar = tqdm(loader, desc=f"{stage} epoch {epoch + 1}/{cfg.epochs}", disable=not info.main or None,
@@ -485,8 +501,7 @@ def _encode(ctx: Context, model: nn.Module, samples: list, use_prompts: bool = F
 def _zero_shot_predictions(ctx: Context, model: nn.Module, samples: list, classnames: list[str]) -> torch.Tensor:
     """The frozen CLIP's zero-shot prediction for every training image (computed once)."""
     spec = ctx.cfg.knowledge or default_knowledge_spec(ctx.cfg.backbone)
-    text = cached_class_embeddings(ctx.out / "zeroshot_text.safetensors", spec, classnames,
-                                   [ZEROSHOT_TEMPLATE], ctx.device)
+    text = _rank0_cached(ctx, "zeroshot_text.safetensors", spec, classnames, [ZEROSHOT_TEMPLATE])
     if text.shape[1] != model.black_box.out_dim:
         raise LoreError(f"--negative zeroshot: text embeddings are {text.shape[1]}-d but the image "
                         f"embedding is {model.black_box.out_dim}-d; use --negative model")

@@ -109,8 +109,9 @@ def label_propagation(feat_tar: torch.Tensor, feats_src: torch.Tensor, segs_src:
     Features are L2-normalised; each target patch keeps the ``topk`` largest cosine affinities
     over all source frames within ``radius`` patches (square window; 0 = anywhere), weights them
     by exp(cos / temperature) normalised to sum 1 (a softmax over the kept ones) and averages
-    their labels. Same result as the DINO reference (which keeps ties at the k-th value too), but
-    only the window bands are multiplied, no (h*w)^2 mask is stored, and exp runs on k values.
+    their labels. Same result as the DINO reference (except that DINO also keeps sources tied
+    with the k-th value), but only bands around the windows are multiplied, no (h*w)^2 mask is
+    stored, and exp runs on k values per patch.
     """
     n, d, hw = feats_src.shape
     C = segs_src.shape[1]

@@ -47,6 +47,7 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--checkpoint", help="backbone weights, if they moved since training")
+    parser.add_argument("--out", help="directory for eval_<split>.json (default: the run directory)")
 
 
 def _eval_main(args: argparse.Namespace) -> dict:
@@ -77,7 +78,7 @@ def _eval_main(args: argparse.Namespace) -> dict:
     result.update(split=args.split, data=str(data_path))
     print(f"{meta['method']} on {data_path} [{args.split}]: top-1 {result['acc1']:.4f}  "
           f"top-5 {result['acc5']:.4f}  ({result['n']} images)")
-    atomic_write_json(run_dir / f"eval_{args.split}.json", result)
+    atomic_write_json(Path(args.out or run_dir) / f"eval_{args.split}.json", result)
     return result
 
 
@@ -145,7 +146,10 @@ def _clean_message(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = _parse(argv)
+        try:
+            args = _parse(argv)
+        except SystemExit as e:  # argparse: --help, or an option error already printed
+            return int(e.code or 0)
         _, run = _handlers(args._command, args._module)
         run(args)
     except LoreError as e:

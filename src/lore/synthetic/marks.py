@@ -29,7 +29,7 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 def render(letter: str, size: int, rng: np.random.Generator, glyph: int | None = None) -> Image.Image:
     """One ``size`` x ``size`` RGB image of ``letter`` on clutter."""
-    glyph = glyph or max(8, size // 5)
+    glyph = glyph or max(8, size * 7 // 24)
     bg = tuple(int(v) for v in rng.integers(90, 170, 3))
     img = Image.new("RGB", (size, size), bg)
     draw = ImageDraw.Draw(img)
@@ -43,9 +43,11 @@ def render(letter: str, size: int, rng: np.random.Generator, glyph: int | None =
                            outline=c)
     font = _font(glyph)
     x, y = (int(v) for v in rng.integers(1, size - glyph - 1, 2))
-    color = tuple(int(v) for v in rng.integers(0, 256, 3))
+    # light or dark glyph with an opposite outline: readable on any clutter, no class colour
+    light = rng.random() < 0.5
+    color = tuple(int(v) for v in (rng.integers(200, 256, 3) if light else rng.integers(0, 56, 3)))
     draw.text((x, y - glyph // 6), letter, fill=color, font=font, stroke_width=1,
-              stroke_fill=tuple(255 - v for v in color))
+              stroke_fill=(0, 0, 0) if light else (255, 255, 255))
     return img
 
 

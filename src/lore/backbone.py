@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from .errors import LoreError
+from .io import state_dict_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -164,20 +165,10 @@ def load_checkpoint(model: VisionTransformer, path: str, name: str) -> None:
         "head.weight" in state and state["head.weight"].shape != own["head.weight"].shape
     ):
         state = {k: v for k, v in state.items() if k not in head_keys}
-    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in state and not k.startswith("head.")]
-    unexpected = [k for k in state if k not in own]
-    if bad or missing or unexpected:
-        detail = []
-        if bad:
-            detail.append(f"shape mismatch for {bad[:3]} (checkpoint {tuple(state[bad[0]].shape)} vs "
-                          f"model {tuple(own[bad[0]].shape)})")
-        if missing:
-            detail.append(f"{len(missing)} missing tensors e.g. {missing[:3]}")
-        if unexpected:
-            detail.append(f"{len(unexpected)} unexpected tensors e.g. {unexpected[:3]}")
-        raise LoreError(f"--checkpoint {path} does not fit backbone {name}: " + "; ".join(detail)
-                        + ". Pass the checkpoint's own architecture as --backbone")
+    problem = state_dict_mismatch(own, state, optional=("head.",))
+    if problem:
+        raise LoreError(f"--checkpoint {path} does not fit backbone {name}: {problem}. Pass the "
+                        "checkpoint's own architecture as --backbone")
     model.load_state_dict(state, strict=False)
 
 

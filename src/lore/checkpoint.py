@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import LoreError
-from .io import atomic_save, atomic_write_json, read_json
+from .io import atomic_save, atomic_write_json, read_json, state_dict_mismatch
 
 FORMAT_VERSION = 1
 
@@ -103,21 +103,10 @@ def _attach_knowledge(model: nn.Module, run_dir: Path) -> None:
 
 
 def load_trainable(model: nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
-    own = model.trainable_state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            parts.append(f"shape mismatch for {wrong[0]}: file {tuple(state[wrong[0]].shape)} vs model "
-                         f"{tuple(own[wrong[0]].shape)}")
-        if missing:
-            parts.append(f"missing {missing[:3]}")
-        if unexpected:
-            parts.append(f"unexpected {unexpected[:3]}")
-        raise LoreError(f"{source} does not fit this model ({'; '.join(parts)}): it was saved for "
-                        "another method, backbone or number of classes")
+    problem = state_dict_mismatch(model.trainable_state_dict(), state)
+    if problem:
+        raise LoreError(f"{source} does not fit this model ({problem}): it was saved for another "
+                        "method, backbone or number of classes")
     model.load_state_dict(state, strict=False)
 
 

@@ -55,6 +55,25 @@ def atomic_save(path: str | os.PathLike, save: Callable[[str], None]) -> Path:
     return _atomic(path, save)
 
 
+def state_dict_mismatch(own: dict, state: dict, optional: tuple[str, ...] = ()) -> str:
+    """What keeps ``state`` from loading into a model whose state dict is ``own`` ('' if nothing).
+
+    Keys of ``own`` starting with one of ``optional`` may be absent from ``state``.
+    """
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    missing = [k for k in own if k not in state and not k.startswith(optional or ("\0",))]
+    unexpected = [k for k in state if k not in own]
+    parts = []
+    if wrong:
+        parts.append(f"shape mismatch for {wrong[0]}: file {tuple(state[wrong[0]].shape)} vs model "
+                     f"{tuple(own[wrong[0]].shape)}")
+    if missing:
+        parts.append(f"{len(missing)} missing tensor(s), e.g. {missing[:3]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[:3]}")
+    return "; ".join(parts)
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     path = Path(path)
     if not path.is_file():

@@ -340,6 +340,8 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
             for g in optimizer.param_groups:
                 g["lr"] = cur_lr
             images = images.to(device, non_blocking=True)
+            if device.type == "cuda":  # the patch-embedding conv is faster in NHWC
+                images = images.contiguous(memory_format=torch.channels_last)
             targets, index = targets.to(device), index.to(device)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 per_sample, logits, terms = step_fn(images, targets, index)

@@ -314,6 +314,8 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
         _truncate_metrics(ctx.out / "metrics.jsonl", stage, counters["epoch"])
     step_fn: nn.Module = _Step(model)
     if info.enabled:
+        if device.type == "cuda":  # White Box BatchNorm sees the global batch, as in one process
+            step_fn = nn.SyncBatchNorm.convert_sync_batchnorm(step_fn)
         step_fn = nn.parallel.DistributedDataParallel(
             step_fn, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:

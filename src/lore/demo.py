@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--upstream-per-class", type=int, default=150)
     parser.add_argument("--test-per-class", type=int, default=40)
     parser.add_argument("--lr", type=float, default=0.01, help="adaptation learning rate (all methods)")
+    parser.add_argument("--wd", type=float, default=0.5,
+                        help="weight decay, all methods (the paper's value for Flowers/Cars)")
     parser.add_argument("--seed", type=int, default=1993)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--fresh", action="store_true", help="re-run the adaptation runs too")
@@ -141,23 +143,25 @@ def _adapt(out: Path, downstream: Path, backbone_ckpt: Path, knowledge: str, arg
     from .config import TrainConfig
     from .train import run
 
+    from .config import to_yaml
+
     results = {}
     for i, (name, extra) in enumerate(METHODS.items()):
         run_dir = out / "runs" / name
-        if args.fresh and run_dir.exists():
-            shutil.rmtree(run_dir)
-        if (run_dir / "final.json").is_file():
-            print(f"[3/4] {name}: finished earlier ({run_dir}); --fresh re-runs it", file=sys.stderr)
+        cfg = TrainConfig(backbone=BACKBONE, backbone_args=BACKBONE_ARGS, pretrained=False,
+                          checkpoint=str(backbone_ckpt), data=str(downstream), out=str(run_dir),
+                          shots=args.shots, seed=args.seed, epochs=args.epochs, batch_size=32,
+                          lr=args.lr, min_lr=args.lr / 50, wd=args.wd, img_size=IMG_SIZE,
+                          aug="none", workers=args.workers, device="cpu", knowledge=knowledge, **extra)
+        saved = run_dir / "config.yaml"
+        same = saved.is_file() and saved.read_text() == to_yaml(cfg)
+        if (run_dir / "final.json").is_file() and same and not args.fresh:
+            print(f"[3/4] {name}: finished earlier with these options ({run_dir}); --fresh re-runs it",
+                  file=sys.stderr)
         else:
-            if run_dir.exists():  # an interrupted earlier attempt of the demo's own run
+            if run_dir.exists():  # the demo's own earlier (other options, or interrupted) run
                 shutil.rmtree(run_dir)
             print(f"[3/4] adapting with {name} ({i + 1}/{len(METHODS)})", file=sys.stderr)
-            cfg = TrainConfig(backbone=BACKBONE, backbone_args=BACKBONE_ARGS, pretrained=False,
-                              checkpoint=str(backbone_ckpt), data=str(downstream), out=str(run_dir),
-                              shots=args.shots, seed=args.seed, epochs=args.epochs, batch_size=32,
-                              lr=args.lr, min_lr=args.lr / 50, wd=1e-4, img_size=IMG_SIZE,
-                              aug="none", workers=args.workers, device="cpu", knowledge=knowledge,
-                              **extra)
             run(cfg)
         results[name] = json.loads((run_dir / "final.json").read_text())
     return results

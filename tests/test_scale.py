@@ -76,7 +76,7 @@ def test_sigkill_then_resume_equals_uninterrupted(colors, tmp_path):
     import numpy as np
     np.save(knowledge, np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32))
     common = [*TRAIN, "--method", "lore", "--data", str(colors), "--knowledge", f"file:{knowledge}",
-              "--epochs", "4", "--batch-size", "8", "--save-every", "2", "--deterministic"]
+              "--epochs", "6", "--batch-size", "8", "--save-every", "2", "--deterministic"]
     ref = tmp_path / "ref"
     subprocess.run([sys.executable, "-m", "lore", *common, "--out", str(ref)], check=True, env=_env(),
                    capture_output=True)

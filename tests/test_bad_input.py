@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY, TINY_BACKBONE, lore_cli
+from conftest import TINY_BACKBONE, lore_cli
 from test_tasks import MODEL_ARGS, make_davis, make_oxford, make_spair
 
 TRAIN = ["train", "--method", "linear", *TINY_BACKBONE, "--epochs", "1", "--batch-size", "8"]

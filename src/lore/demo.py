@@ -13,7 +13,6 @@ Every number printed is what this run measured.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import sys

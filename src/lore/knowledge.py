@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ def read_templates(template: str | None) -> list[str]:
     """A template string with ``{}``, or a file of templates (one per line; embeddings averaged)."""
     template = template or DEFAULT_TEMPLATE
     path = Path(template)
-    if "{}" not in template and path.suffix in (".txt", ".json") :
+    if "{}" not in template and path.suffix in (".txt", ".json"):
         if not path.is_file():
             raise LoreError(f"--template file not found: {template}")
         lines = (json.loads(path.read_text()) if path.suffix == ".json"
@@ -194,6 +195,8 @@ def _encode_sentence(arg: str, classnames: list[str], templates: list[str]) -> t
     except ImportError:
         raise LoreError("--knowledge sentence:...: install sentence-transformers "
                         "(pip install 'lore[demo]')") from None
+    if Path(arg).is_dir():  # a local model needs no hub: never wait on a network that is not there
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         model = SentenceTransformer(arg, device="cpu")
     except Exception as e:

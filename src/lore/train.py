@@ -8,7 +8,6 @@ tensors only) + ``model.json`` (how to rebuild), ``fewshot.json`` (the chosen tr
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..backbone import CLIP_LOGIT_SCALE, BlackBox
+from ..errors import LoreError
 
 
 class CosineHead(nn.Module):
@@ -35,6 +36,25 @@ def make_head(black_box: BlackBox, num_classes: int, knowledge: torch.Tensor | N
     nn.init.trunc_normal_(head.weight, std=0.01)
     nn.init.zeros_(head.bias)
     return head
+
+
+def require_clip(black_box: BlackBox, method: str) -> None:
+    if not black_box.is_clip:
+        raise LoreError(f"--method {method} needs a CLIP backbone whose image embedding lives in the "
+                        f"text space (e.g. vit_base_patch16_clip_224.openai), got {black_box.name}")
+
+
+def text_classifier(black_box: BlackBox, num_classes: int, knowledge: torch.Tensor | None) -> CosineHead:
+    """The frozen zero-shot head: 100 * cos(image embedding, class text embedding).
+
+    ``knowledge`` may be None when a saved run is rebuilt: the head's tensors are part of the
+    checkpoint, so evaluation never needs the text tower."""
+    head = CosineHead(black_box.out_dim, num_classes, init=knowledge)
+    if knowledge is not None and knowledge.shape != head.fc.weight.shape:
+        raise LoreError(f"class text embeddings are {tuple(knowledge.shape)} but the image embedding "
+                        f"is {black_box.out_dim}-d for {num_classes} classes: use the backbone's own "
+                        "CLIP text tower as --knowledge")
+    return head.requires_grad_(False)
 
 
 class AdaptedViT(nn.Module):

@@ -22,8 +22,8 @@ from ..backbone import CLIP_LOGIT_SCALE, BlackBox
 from ..errors import LoreError
 from ..knowledge import load_open_clip
 from . import register
-from .base import AdaptedViT
-from .clip_adapter import image_embedding, require_clip
+from .base import AdaptedViT, require_clip
+from .clip_adapter import image_embedding
 
 CONTEXT_PLACEHOLDER = "X"
 

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from ..backbone import BlackBox
 from ..errors import LoreError
 from . import register
-from .base import AdaptedViT
-from .clip_adapter import image_embedding, require_clip, text_classifier
+from .base import AdaptedViT, require_clip, text_classifier
+from .clip_adapter import image_embedding
 
 
 class TipAdapter(AdaptedViT):

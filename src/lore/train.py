@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -26,7 +25,7 @@ from .backbone import clip_logits
 from .checkpoint import load_train_state, save_model, save_train_state
 from .config import TrainConfig
 from .data import (EpochBatchSampler, ImageDataset, ShardedSampler, eval_transform, few_shot_indices,
-                   load_dataset, train_transform)
+                   first_per_class, load_dataset, train_transform)
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .errors import LoreError
 from .flops import count_gflops, count_params
@@ -195,11 +194,11 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     started = time.time()
     stages: dict[str, dict] = {}
     if cfg.curriculum == "easy-to-hard":
-        easy = _by_difficulty(ctx, model, train_all, len(classnames), hardest=False, use_prompts=False)
+        easy = _by_difficulty(ctx, model, train_all, classnames, hardest=False, use_prompts=False)
         _record_selection(ctx, "fewshot_e.json", train_all, easy)
         _fit(ctx, model, [train_all[i] for i in easy], cfg.lr, "e", val, knowledge, classnames)
         stages["e"] = evaluate(ctx, model, test)
-        hard = _by_difficulty(ctx, model, train_all, len(classnames), hardest=True, use_prompts=True)
+        hard = _by_difficulty(ctx, model, train_all, classnames, hardest=True, use_prompts=True)
         _record_selection(ctx, "fewshot_h.json", train_all, hard)
         _fit(ctx, model, [train_all[i] for i in hard], cfg.stage_h_lr, "h", val, knowledge, classnames)
     else:
@@ -512,21 +511,13 @@ def _zero_shot_predictions(ctx: Context, model: nn.Module, samples: list, classn
     return clip_logits(feats, text).argmax(dim=-1)
 
 
-def _by_difficulty(ctx: Context, model: nn.Module, samples: list, num_classes: int, hardest: bool,
+def _by_difficulty(ctx: Context, model: nn.Module, samples: list, classnames: list[str], hardest: bool,
                    use_prompts: bool) -> list[int]:
     """Indices of the N easiest (or hardest) images per class; difficulty = cosine distance of the
     image's CLS feature to its class centroid."""
     feats, labels = _encode(ctx, model, samples, use_prompts=use_prompts)
     feats = F.normalize(feats, dim=-1)
-    centroids = F.normalize(torch.zeros(num_classes, feats.shape[1]).index_add_(0, labels, feats), dim=-1)
+    centroids = F.normalize(torch.zeros(len(classnames), feats.shape[1]).index_add_(0, labels, feats), dim=-1)
     distance = 1 - (feats * centroids[labels]).sum(-1)
     key = -distance if hardest else distance
-    # rank within class: sort by (label, key) and keep the first N of each class
-    order = torch.from_numpy(np.lexsort((key.numpy(), labels.numpy())))
-    counts = torch.bincount(labels, minlength=num_classes)
-    if (counts[counts > 0] < ctx.cfg.shots).any():
-        few = int(torch.nonzero(counts < ctx.cfg.shots)[0])
-        raise LoreError(f"--shots {ctx.cfg.shots}: class {few} has only {int(counts[few])} training images")
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(len(labels)) - starts[labels[order]]
-    return sorted(order[rank < ctx.cfg.shots].tolist())
+    return first_per_class(labels.numpy(), key.numpy(), ctx.cfg.shots, classnames).tolist()

@@ -10,26 +10,32 @@ from ..errors import LoreError
 
 def few_shot_indices(labels: list[int] | np.ndarray, shots: int, seed: int,
                      classnames: list[str] | None = None) -> np.ndarray:
-    """``shots`` indices per class, a pure function of (labels, shots, seed), sorted by index.
-
-    Vectorised: every sample gets a random key from the seeded generator; a stable sort by
-    (label, key) puts each class's samples in random order, and the first ``shots`` are kept.
-    """
-    labels = np.asarray(labels)
+    """``shots`` random indices per class, a pure function of (labels, shots, seed), sorted."""
     if shots < 1:
         raise LoreError(f"--shots must be >= 1, got {shots}")
+    keys = np.random.default_rng(seed).random(len(labels))
+    return first_per_class(labels, keys, shots, classnames)
+
+
+def first_per_class(labels: list[int] | np.ndarray, keys: np.ndarray, n: int,
+                    classnames: list[str] | None = None) -> np.ndarray:
+    """The ``n`` indices of lowest ``key`` in every class, sorted by index.
+
+    Vectorised: a stable sort by (label, key) lists each class's samples in key order, and a
+    sample's rank within its class is its position minus where the class starts.
+    """
+    labels = np.asarray(labels)
     counts = np.bincount(labels, minlength=int(labels.max()) + 1)
-    short = np.flatnonzero(counts < shots)
+    short = np.flatnonzero(counts < n)
     if short.size:
         c = int(short[0])
         name = classnames[c] if classnames else str(c)
-        raise LoreError(f"--shots {shots}: class {name!r} has only {counts[c]} training image(s); "
+        raise LoreError(f"--shots {n}: class {name!r} has only {counts[c]} training image(s); "
                         f"lower --shots to at most {counts[counts > 0].min()}")
-    keys = np.random.default_rng(seed).random(len(labels))
-    order = np.lexsort((keys, labels))
+    order = np.lexsort((np.asarray(keys), labels))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rank_in_class = np.arange(len(labels)) - starts[labels[order]]
-    return np.sort(order[rank_in_class < shots])
+    return np.sort(order[rank_in_class < n])
 
 
 class EpochBatchSampler(torch.utils.data.Sampler):

@@ -27,14 +27,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``--device``: cpu, cuda, cuda:N or auto (CUDA when available)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise LoreError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise LoreError(f"--device {name!r}: expected cpu, cuda, cuda:N or auto") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise LoreError(f"--device {name!r}: expected cpu, cuda, cuda:N or auto")
+    return device
 
 
 def model_from_args(args: argparse.Namespace) -> nn.Module:

@@ -35,6 +35,7 @@ from .knowledge import (ZEROSHOT_TEMPLATE, cached_class_embeddings, default_know
 from .metrics import accuracy
 from .models import build_model
 from .models.coop import weightless
+from .runs import resolve_device
 
 # methods whose construction needs class text embeddings, and which template they use
 KNOWLEDGE_METHODS = {"lore", "zeroshot", "clip-adapter", "tip-adapter", "tip-adapter-f"}
@@ -62,7 +63,7 @@ def run(cfg: TrainConfig) -> dict:
     if cfg.resume:
         cfg = _resume_config(cfg)
     config_mod.validate(cfg)
-    info = init_distributed(_device_name(cfg.device))
+    info = init_distributed(resolve_device(cfg.device).type)
     try:
         if cfg.dry_run:
             return dry_run(cfg)
@@ -71,21 +72,11 @@ def run(cfg: TrainConfig) -> dict:
         cleanup(info)
 
 
-def _device_name(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LoreError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise LoreError(f"--device {device!r}: expected cpu, cuda, cuda:N or auto")
-    return device
-
-
 def _resolve_device(cfg: TrainConfig, info: DistInfo) -> torch.device:
-    name = _device_name(cfg.device)
-    if name.startswith("cuda") and info.enabled:
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and info.enabled:
         return torch.device("cuda", info.local_rank)
-    return torch.device(name)
+    return device
 
 
 def _resume_config(cfg: TrainConfig) -> TrainConfig:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
+from lore.bench import timed
 from lore.tasks.vos import _window_plan, label_propagation
 
 
@@ -34,19 +34,6 @@ def dino_reference(feat_tar, feats_src, segs, h, w, mask, topk=5, temperature=0.
     C = segs.shape[1]
     table = segs.reshape(n, C, -1).transpose(2, 1).reshape(-1, C).T
     return (table @ aff).reshape(C, h, w)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
 
 
 def main() -> None:

@@ -56,16 +56,17 @@ def _build(name: str, backbone: str, backbone_args, pretrained: bool, num_classe
                        backbone_args=backbone_args, **options)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _time(fn, device: torch.device) -> float:
-    _sync(device)
+def timed(fn, device: torch.device) -> float:
+    """Wall seconds of ``fn()``, with queued GPU work finished before and after."""
+    sync(device)
     start = time.perf_counter()
     fn()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start
 
 
@@ -121,7 +122,7 @@ def run(backbone: str, methods: list[str], img_size: int = 224, batch: int = 32,
     times: dict[str, dict[str, list[float]]] = {m: {"infer": [], "train": []} for m in methods}
     for r in range(warmup + repeats):
         for m in methods:  # interleaved: every repeat visits every method
-            ti, tt = _time(lambda: infer(m), dev), _time(lambda: train_step(m), dev)
+            ti, tt = timed(lambda: infer(m), dev), timed(lambda: train_step(m), dev)
             if r >= warmup:
                 times[m]["infer"].append(ti)
                 times[m]["train"].append(tt)

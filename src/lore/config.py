@@ -116,22 +116,22 @@ def validate(cfg: TrainConfig) -> None:
         raise LoreError("--dry-run needs --num-classes N or --data PATH")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                  skip: frozenset[str] | set[str] = frozenset()) -> None:
+    """``--config`` and one flag per :class:`TrainConfig` field (except those in ``skip``)."""
     parser.add_argument("--config", help="YAML file of options (command-line flags win)")
     for f in fields(TrainConfig):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         kw = dict(help=f"{f.metadata['help']} (default: {f.default})", default=argparse.SUPPRESS,
                   dest=f.name)
-        if f.type in ("bool", bool):
+        kind = str(f.type)  # annotations are strings here (from __future__ import annotations)
+        if "bool" in kind:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-            continue
-        base = f.type if isinstance(f.type, type) else {"int": int, "float": float}.get(
-            f.type.split(" ")[0], str)
-        if "int" in str(f.type):
-            base = int
-        elif "float" in str(f.type):
-            base = float
-        parser.add_argument(flag, type=base, choices=f.metadata["choices"], **kw)
+        else:
+            cast = int if "int" in kind else float if "float" in kind else str
+            parser.add_argument(flag, type=cast, choices=f.metadata["choices"], **kw)
 
 
 def from_args(args: argparse.Namespace) -> TrainConfig:

@@ -72,17 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default: 1,2,3)")
     parser.add_argument("--out", required=True, help="sweep directory (cells, table.md, table.json)")
     group = parser.add_argument_group("training options for every cell (as in `lore train`)")
-    group.add_argument("--config", help="YAML file of training options (command-line flags win)")
-    for f in fields(TrainConfig):
-        if f.name in GRID_FIELDS:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kw = dict(help=f"{f.metadata['help']} (default: {f.default})", default=argparse.SUPPRESS, dest=f.name)
-        if "bool" in str(f.type):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        else:
-            kind = int if "int" in str(f.type) else float if "float" in str(f.type) else str
-            group.add_argument(flag, type=kind, choices=f.metadata["choices"], **kw)
+    config_mod.add_arguments(group, skip=GRID_FIELDS)
 
 
 def main(args: argparse.Namespace) -> dict:

@@ -109,9 +109,6 @@ class LORE(AdaptedViT):
                                   grid_h=e0.shape[1])
         return attn[:, 0].reshape(e0.shape[0], e0.shape[1], e0.shape[2])
 
-    def rebuild_options(self) -> dict:
-        return dict(self.options)
-
 
 @register("lore")
 def _lore(black_box: BlackBox, num_classes: int, global_prompts: int | None = None, **options) -> LORE:

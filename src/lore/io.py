@@ -6,6 +6,7 @@ atomic ``os.replace``, so a crash mid-write leaves the previous version intact.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -20,20 +21,34 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+_FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
 def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except (FileExistsError, NotADirectoryError):
+        raise LoreError(f"cannot write {path}: a file stands where its folder {path.parent} should be; "
+                        "choose another --out") from None
+    except OSError as e:
+        raise LoreError(f"cannot write {path}: {e.strerror}; choose a writable --out") from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make results unreadable to others
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # some writers (safetensors) recreate the file as 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _FULL_OR_READ_ONLY:
+            raise LoreError(f"cannot write {path}: {e.strerror}; nothing was replaced (its previous "
+                            "version, e.g. the last checkpoint, is intact). Free space or choose "
+                            "another --out") from None
         raise
     return path
 
@@ -94,33 +109,202 @@ _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
     ("numpy", "core.multiarray._reconstruct"),
+    # protocol 5 arrays: an out-of-band-capable buffer whose size must match the shape
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
     ("_codecs", "encode"),
     ("builtins", "set"),
     ("builtins", "frozenset"),
     ("builtins", "complex"),
     ("collections", "OrderedDict"),
 }
+# The most elements (container items, array elements, characters) a pickle may expand to.
+# Real revisited-Oxford/Paris ground truth holds well under a million.
+PICKLE_MAX_ELEMENTS = 50_000_000
+
+
+def _bytes_from_text(*args) -> bytes:
+    """``bytes(...)`` as protocol 0/2 pickles call it (``bytes()`` for an empty array's data); an
+    integer argument would allocate that many bytes, so only text or nothing is accepted."""
+    if not args or isinstance(args[0], (str, bytes)):
+        return bytes(*args)
+    raise _Refused("refusing bytes() of a non-string (it would allocate memory of that size)")
+
+
+class _Refused(pickle.UnpicklingError):
+    """The pickle is well-formed but asks for something a data file may not hold."""
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+        if module in ("builtins", "__builtin__") and name == "bytes":
+            return _bytes_from_text
+        raise _Refused(f"refusing to load global {module}.{name}")
 
 
-def load_pickle_safe(path: str | os.PathLike, what: str = "pickle file") -> Any:
-    """Load a pickle holding only plain containers, strings, numbers and numpy arrays."""
+def expanded_size(obj: Any, limit: int = PICKLE_MAX_ELEMENTS) -> int:
+    """How many elements ``obj`` holds once shared references are counted each time they appear
+    (what code walking it, or ``np.asarray`` on it, would build). Stops counting past ``limit``.
+
+    Iterative and memoised per object, so a few hundred bytes of nested shared lists (2^40 leaves)
+    are measured in microseconds; a container that holds itself counts as unbounded.
+    """
+    import numpy as np
+
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(obj, False)]
+    while stack:
+        item, done = stack.pop()
+        key = id(item)
+        if isinstance(item, dict):
+            children = [*item.keys(), *item.values()]
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            children = list(item)
+        elif isinstance(item, np.ndarray) and item.dtype == object:
+            children = list(item.reshape(-1))
+        else:
+            if isinstance(item, np.ndarray):
+                sizes[key] = max(int(item.size), 1)
+            else:
+                sizes[key] = len(item) if isinstance(item, (str, bytes)) else 1
+            continue
+        if done:
+            on_path.discard(key)
+            sizes[key] = min(1 + sum(sizes[id(c)] for c in children), limit + 1)
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            return limit + 1  # a cycle: unbounded once expanded
+        on_path.add(key)
+        stack.append((item, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(obj)]
+
+
+def load_pickle_safe(path: str | os.PathLike, what: str = "pickle file",
+                     max_elements: int = PICKLE_MAX_ELEMENTS) -> Any:
+    """Load a pickle holding only plain containers, strings, numbers and numpy arrays, expanding
+    to at most ``max_elements`` elements."""
     path = Path(path)
     if not path.is_file():
         raise LoreError(f"{what} not found: {path}")
     try:
         with open(path, "rb") as f:
-            return _RestrictedUnpickler(f, encoding="latin1").load()
-    except pickle.UnpicklingError as e:
-        if "truncated" in str(e):
-            raise LoreError(f"{what} {path} is corrupt or truncated ({e})") from None
+            value = _RestrictedUnpickler(f, encoding="latin1").load()
+    except _Refused as e:
         raise LoreError(f"{what} {path} was refused: {e}. Only plain data (lists, dicts, strings, "
                         "numbers, numpy arrays) may be stored in it") from None
-    except (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError) as e:
-        raise LoreError(f"{what} {path} is corrupt or truncated ({type(e).__name__}: {e})") from None
+    except pickle.UnpicklingError as e:
+        raise LoreError(f"{what} {path} is not a pickle, or is corrupt or truncated ({e})") from None
+    except (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError,
+            UnicodeDecodeError) as e:
+        raise LoreError(f"{what} {path} is not a pickle, or is corrupt or truncated "
+                        f"({type(e).__name__}: {e})") from None
+    except (MemoryError, RecursionError) as e:
+        raise LoreError(f"{what} {path} was refused: it asks for more memory or nesting than a data "
+                        f"file needs ({type(e).__name__})") from None
+    if expanded_size(value, max_elements) > max_elements:
+        raise LoreError(f"{what} {path} was refused: it expands to more than {max_elements:,} elements "
+                        "(shared or self references); a real ground-truth file holds far fewer")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# where commands may write
+
+# What `lore train` keeps in a run directory; no other command may replace these.
+RUN_FILES = frozenset({"config.yaml", "metrics.jsonl", "final.json", "checkpoint.safetensors", "model.json",
+                       "fewshot.json", "fewshot_e.json", "fewshot_h.json", "knowledge.safetensors",
+                       "zeroshot_text.safetensors", "model_summary.json", "checkpoints", ".lock"})
+
+
+def is_run_dir(folder: str | os.PathLike) -> bool:
+    folder = Path(folder)
+    return (folder / "config.yaml").is_file() or (folder / "model.json").is_file()
+
+
+def check_writable(path: str | os.PathLike, flag: str = "--out") -> None:
+    """Fail now, not after hours of compute, if ``path`` (a folder, existing or not) cannot be
+    created or written: its nearest existing ancestor must be a writable folder."""
+    path = Path(path)
+    here = path.absolute()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        raise LoreError(f"{flag} {path}: {here} is a file, so no folder can be made under it; "
+                        "choose another location")
+    try:  # os.access is not enough: it says yes to root and on some read-only mounts
+        fd, probe = tempfile.mkstemp(prefix=".lore-write-check.", dir=here)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise LoreError(f"{flag} {path}: cannot write in {here} ({e.strerror}); choose a writable "
+                        "location") from None
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` may be used as an output folder: not a file, writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise LoreError(f"{flag} {path} is a file; give a directory")
+    check_writable(path, flag)
+    return path
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "--out", suffixes: tuple[str, ...] = (),
+                      side_files: tuple[str, ...] = ()) -> Path:
+    """``path`` may be written as a file: not a folder, one of ``suffixes`` (if given), writable,
+    and neither it nor a side file (same stem, suffix from ``side_files``) replaces a run's own
+    files (``RUN_FILES``)."""
+    path = Path(path)
+    if path.is_dir():
+        example = path / f"out{suffixes[0] if suffixes else ''}"
+        raise LoreError(f"{flag} {path} is a directory; give a file name such as {example}")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise LoreError(f"{flag} {path}: expected a file name ending in {' or '.join(suffixes)}")
+    if is_run_dir(path.parent):
+        for target in [path, *(path.with_suffix(s) for s in side_files)]:
+            if target.name in RUN_FILES:
+                raise LoreError(f"{flag} {path} would replace the run's own {target} in {path.parent}; "
+                                "choose another file name")
+    check_writable(path.parent, flag)
+    return path
+
+
+def inside_root(root: str | os.PathLike, name: str, source: str | os.PathLike, line: int | None = None) -> Path:
+    """``root / name`` for a name read from a dataset file, refused unless it stays inside ``root``
+    (no absolute paths, no ``..`` or symlink escapes)."""
+    root = Path(root)
+    where = f"{source}, line {line}" if line is not None else str(source)
+    if not name or "\0" in name or os.path.isabs(name):
+        raise LoreError(f"{where}: {name!r} is not a name inside {root}; dataset files may only name "
+                        "files under their own folder")
+    path = root / name
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise LoreError(f"{where}: {name!r} leads outside {root}; dataset files may only name files "
+                        "under their own folder")
+    return path
+
+
+# TrainConfig fields that name files or folders: stored absolute, so a run does not depend on the
+# folder it was started from (``lore eval --run`` elsewhere reads the same data).
+PATH_FIELDS = ("data", "classnames", "image_dir", "checkpoint", "out", "resume")
+
+
+def absolute_paths(cfg: Any, names: tuple[str, ...] = PATH_FIELDS) -> Any:
+    """A copy of the dataclass ``cfg`` with its path fields (and a ``file:`` knowledge or a
+    template file) made absolute."""
+    import dataclasses
+
+    changes = {n: str(Path(getattr(cfg, n)).absolute()) for n in names if getattr(cfg, n, None)}
+    knowledge = getattr(cfg, "knowledge", None)
+    if isinstance(knowledge, str) and knowledge.startswith("file:"):
+        changes["knowledge"] = "file:" + str(Path(knowledge[5:]).absolute())
+    template = getattr(cfg, "template", None)
+    if isinstance(template, str) and "{}" not in template and Path(template).is_file():
+        changes["template"] = str(Path(template).absolute())
+    return dataclasses.replace(cfg, **changes)

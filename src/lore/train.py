@@ -29,12 +29,14 @@ from .data import (EpochBatchSampler, ImageDataset, ShardedSampler, eval_transfo
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .errors import LoreError
 from .flops import count_gflops, count_params
-from .io import atomic_write_json, atomic_write_text
+from .data.sampling import check_batch_for_norm
+from .io import absolute_paths, atomic_write_json, atomic_write_text, check_output_dir
 from .knowledge import (ZEROSHOT_TEMPLATE, cached_class_embeddings, default_knowledge_spec,
                         read_templates)
 from .metrics import accuracy
 from .models import build_model
 from .models.coop import weightless
+from .lock import run_lock
 from .runs import resolve_device
 
 # methods whose construction needs class text embeddings, and which template they use
@@ -62,12 +64,16 @@ class Context:
 def run(cfg: TrainConfig) -> dict:
     if cfg.resume:
         cfg = _resume_config(cfg)
+    cfg = absolute_paths(cfg)
     config_mod.validate(cfg)
+    if cfg.out:
+        check_output_dir(cfg.out, "--resume" if cfg.resume else "--out")
     info = init_distributed(resolve_device(cfg.device).type)
     try:
         if cfg.dry_run:
             return dry_run(cfg)
-        return _train(cfg, info)
+        with run_lock(cfg.out, info.main, "--resume" if cfg.resume else "--out"):
+            return _train(cfg, info)
     finally:
         cleanup(info)
 
@@ -287,6 +293,7 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise LoreError(f"--method {cfg.method} has no trainable parameters")
+    check_batch_for_norm(model, cfg.batch_size, info.world)
     optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.wd)
     dataset = ImageDataset(samples, train_transform(cfg.img_size, ctx.data_config, cfg.aug))
     steps_per_epoch = EpochBatchSampler(len(samples), cfg.batch_size, cfg.seed, 0, info.rank, info.world).steps()
@@ -326,8 +333,10 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
                    leave=False, dynamic_ncols=True, file=sys.stderr)
         for images, targets, index in bar:
             step = counters["step"]
-            global_batch = min(cfg.batch_size, len(samples) - step * cfg.batch_size)
+            global_batch = sampler.global_batch(step)
             cur_lr = _cosine_lr(counters["global_step"], total, lr, cfg.min_lr)
+            if stage != "h" and counters["global_step"] < steps_per_epoch * cfg.warmup_epochs:
+                cur_lr = cfg.warmup_lr  # constant warm-up as in CoOp (Dassl); the cosine keeps its length
             for g in optimizer.param_groups:
                 g["lr"] = cur_lr
             images = images.to(device, non_blocking=True)

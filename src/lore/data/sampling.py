@@ -43,8 +43,14 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 
     The permutation and the seeds depend only on (seed, epoch), so every rank agrees on the global
     batch, and a resumed run can start at ``start_step`` without replaying earlier batches. Rank r
-    takes positions r, r+W, ... of each global batch; a last batch smaller than W is dropped so
-    that no rank is left without work.
+    takes positions r, r+W, ... of each global batch.
+
+    A last batch that would give some process fewer than two images (fewer than ``2 * world``
+    images) is *folded* into the batch before it, which grows by that remainder: every image is
+    seen every epoch, and no process ever runs a one-image batch, which BatchNorm (the LORE White
+    Box) cannot train on. The rule depends only on (n, batch size, world), so a resumed run and
+    every DDP rank see the same batches. Fewer than ``2 * world`` images in all is refused
+    (``steps() == 0``).
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
@@ -56,17 +62,48 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         self.start_step = start_step
 
     def steps(self) -> int:
+        if self.n < 2 * self.world:
+            return 0
         full, rest = divmod(self.n, self.batch_size)
-        return full + (1 if rest >= self.world else 0)
+        if full == 0:
+            return 1  # one batch of all n images
+        return full + (1 if rest >= 2 * self.world else 0)
+
+    def bounds(self, step: int) -> tuple[int, int]:
+        """Positions [start, stop) of the global batch at ``step`` in the epoch's permutation."""
+        start = step * self.batch_size
+        stop = self.n if step == self.steps() - 1 else min(start + self.batch_size, self.n)
+        return start, stop
+
+    def global_batch(self, step: int) -> int:
+        """Images in the global batch at ``step`` (the loss is averaged over these)."""
+        start, stop = self.bounds(step)
+        return stop - start
 
     def __len__(self) -> int:
         return max(self.steps() - self.start_step, 0)
 
     def __iter__(self):
         for step in range(self.start_step, self.steps()):
-            sl = slice(step * self.batch_size, (step + 1) * self.batch_size)
+            sl = slice(*self.bounds(step))
             idx, seeds = self.perm[sl][self.rank::self.world], self.seeds[sl][self.rank::self.world]
             yield list(zip(idx.tolist(), seeds.tolist()))
+
+
+def batch_norm_layers(model: torch.nn.Module) -> list[str]:
+    """Names of the trainable BatchNorm layers of ``model`` (they need two images per batch)."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            and any(p.requires_grad for p in m.parameters(recurse=False))]
+
+
+def check_batch_for_norm(model: torch.nn.Module, batch_size: int, world: int = 1) -> None:
+    """BatchNorm cannot train on one image per process: refuse such a batch size up front."""
+    layers = batch_norm_layers(model)
+    if layers and batch_size < 2 * world:
+        raise LoreError(f"--batch-size {batch_size}: this model trains BatchNorm layers ({layers[0]}, "
+                        f"...), which need at least 2 images per batch on each of the {world} "
+                        f"process(es); use --batch-size {2 * world} or more")
 
 
 class ShardedSampler(torch.utils.data.Sampler):

@@ -1,0 +1,64 @@
+"""One writer per run directory.
+
+A run holds an exclusive ``flock`` on ``RUN/.lock`` for its whole lifetime. The kernel drops the
+lock when the process ends in any way (exit, exception, SIGKILL), so a crashed run never leaves a
+stale lock behind, and a second ``lore train --out RUN`` (or ``--resume RUN``, or a sweep writing
+the same cell) is refused with one clear error instead of mixing two runs' files. The lock file
+itself stays (removing it would race with a process that has just opened it); it holds the pid of
+the last holder, for the error message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+from typing import Iterator
+
+from .errors import LoreError
+from .io import check_output_dir
+
+LOCK_NAME = ".lock"
+
+
+def _holder(path: Path) -> str:
+    try:
+        pid = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""
+
+
+def acquire(run_dir: str | os.PathLike, flag: str = "--out") -> int:
+    """Take the run's lock without waiting; returns the open descriptor that holds it (close it
+    to release). Creates ``run_dir`` if needed."""
+    run_dir = check_output_dir(run_dir, flag)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LoreError(f"{flag} {run_dir} is in use by another lore process{_holder(path)}; wait for "
+                        "it to finish (or stop it) before writing to this run, or choose another "
+                        "directory") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    os.fsync(fd)
+    return fd
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike | None, enabled: bool = True, flag: str = "--out") -> Iterator[None]:
+    """Hold ``run_dir``'s lock for the ``with`` block (no-op when disabled, e.g. on ranks > 0 of a
+    DDP run, whose rank 0 holds it for all)."""
+    if run_dir is None or not enabled:
+        yield
+        return
+    fd = acquire(run_dir, flag)
+    try:
+        yield
+    finally:
+        os.close(fd)

@@ -38,6 +38,7 @@ class TrainConfig:
     shots: int | None = opt(None, "few-shot: K training images per class")
     out: str | None = opt(None, "run directory")
     # recipe
+    recipe: str | None = opt(None, "apply a published recipe (defaults < recipe < --config < flags)", ["paper"])
     seed: int = opt(1993, "seed for few-shot sampling, initialisation and data order")
     epochs: int = opt(50, "training epochs (per curriculum stage)")
     batch_size: int = opt(64, "global batch size (split across processes)")
@@ -48,7 +49,9 @@ class TrainConfig:
     img_size: int = opt(224, "training / test image size")
     aug: str = opt("rrc-flip", "training augmentation: RandomResizedCrop + flip (paper), flip only, or none",
                    ["rrc-flip", "flip", "none"])
-    val_every: int = opt(1, "evaluate on the val split every N epochs (0: never)")
+    val_every: int = opt(0, "evaluate on the val split every N epochs (0: never)")
+    warmup_epochs: int = opt(0, "epochs at the constant --warmup-lr before the cosine schedule (CoOp-style)")
+    warmup_lr: float = opt(1e-5, "learning rate during the warm-up epochs")
     # execution
     device: str = opt("auto", "cpu | cuda | cuda:N | auto")
     workers: int = opt(4, "data-loading worker processes")
@@ -88,7 +91,7 @@ class TrainConfig:
 
 INT_RANGES = {"epochs": 0, "batch_size": 1, "img_size": 8, "workers": 0, "keep_last": 1, "save_every": 0,
               "local_prompts": 0, "lin_blocks": 0, "lin_k": 1, "kla_topn": 1, "bottleneck": 1,
-              "val_every": 0, "coop_ctx": 1}
+              "val_every": 0, "coop_ctx": 1, "warmup_epochs": 0}
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -139,6 +142,8 @@ def from_args(args: argparse.Namespace) -> TrainConfig:
     if getattr(args, "config", None):
         values.update(load_yaml(args.config))
     values.update({f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
+    from .recipes import apply_recipe  # here: lore.recipes reads TrainConfig
+    values = apply_recipe(values)
     return make(values, source=getattr(args, "config", None) or "command line")
 
 

@@ -337,6 +337,8 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
             cur_lr = _cosine_lr(counters["global_step"], total, lr, cfg.min_lr)
             if stage != "h" and counters["global_step"] < steps_per_epoch * cfg.warmup_epochs:
                 cur_lr = cfg.warmup_lr  # constant warm-up as in CoOp (Dassl); the cosine keeps its length
+            if stage != "h" and counters["global_step"] < steps_per_epoch * cfg.warmup_epochs:
+                cur_lr = cfg.warmup_lr  # constant warm-up as in CoOp (Dassl); the cosine keeps its length
             for g in optimizer.param_groups:
                 g["lr"] = cur_lr
             images = images.to(device, non_blocking=True)

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from .errors import LoreError
 from .flops import count_gflops, count_params
-from .io import atomic_write_json
+from .io import atomic_write_json, check_output_dir
 
 # bench name -> (model method, what it stands for)
 METHODS = {"b-b": "linear", "linear": "linear", "vpt-shallow": "vpt-shallow", "vpt-deep": "vpt-deep",
@@ -197,6 +197,10 @@ def format_table(report: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> dict:
+    if args.threads < 0:
+        raise LoreError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
+    if args.out:
+        check_output_dir(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     report = run(args.backbone, [m.strip() for m in args.methods.split(",") if m.strip()],

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .errors import LoreError
+from .values import default_workers
 
 # subcommand -> (module, help). Modules are imported only when their command runs.
 COMMANDS = {
@@ -43,11 +44,25 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", help="dataset format (default: the run's)")
     parser.add_argument("--classnames", help="class-name file (default: the run's)")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--batch-size", type=_count(1), default=64)
+    parser.add_argument("--workers", type=_count(0), default=default_workers(),
+                        help="data-loading worker processes (default: min(4, CPU cores))")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--checkpoint", help="backbone weights, if they moved since training")
     parser.add_argument("--out", help="directory for eval_<split>.json (default: the run directory)")
+
+
+def _count(low: int):
+    """An argparse type: an integer >= ``low`` (a bad value is one option error line)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return parse
 
 
 def _eval_main(args: argparse.Namespace) -> dict:
@@ -55,11 +70,12 @@ def _eval_main(args: argparse.Namespace) -> dict:
     from .checkpoint import load_run
     from .data import load_dataset
     from .distributed import DistInfo
-    from .io import atomic_write_json
+    from .io import atomic_write_json, check_output_dir
     from .runs import resolve_device
     from .train import Context, evaluate
 
     run_dir = Path(args.run)
+    out = check_output_dir(args.out or run_dir, "--out" if args.out else "--run")
     device = resolve_device(args.device)
     model, meta = load_run(run_dir, device, backbone_checkpoint=args.checkpoint)
     saved = config_mod.load_yaml(str(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() else {}
@@ -78,7 +94,7 @@ def _eval_main(args: argparse.Namespace) -> dict:
     result.update(split=args.split, data=str(data_path))
     print(f"{meta['method']} on {data_path} [{args.split}]: top-1 {result['acc1']:.4f}  "
           f"top-5 {result['acc5']:.4f}  ({result['n']} images)")
-    atomic_write_json(Path(args.out or run_dir) / f"eval_{args.split}.json", result)
+    atomic_write_json(out / f"eval_{args.split}.json", result)
     return result
 
 
@@ -143,6 +159,17 @@ def _clean_message(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _error_line(message: str) -> None:
+    # start on a fresh line: a progress bar cleared with \r would otherwise share it in log files
+    print(f"\nlore: error: {message}" if _bar_active() else f"lore: error: {message}", file=sys.stderr)
+
+
+def _bar_active() -> bool:
+    tqdm = sys.modules.get("tqdm")
+    instances = getattr(getattr(tqdm, "tqdm", None), "_instances", None)
+    return bool(instances)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -153,7 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         _, run = _handlers(args._command, args._module)
         run(args)
     except LoreError as e:
-        print(f"lore: error: {_clean_message(e)}", file=sys.stderr)
+        _error_line(_clean_message(e))
+        return 2
+    except OSError as e:  # the environment said no (disk full, read-only, permissions): one line too
+        if e.errno is None:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        _error_line(f"{where}{e.strerror or e}")
         return 2
     except KeyboardInterrupt:
         print("lore: interrupted", file=sys.stderr)

@@ -284,7 +284,8 @@ def inside_root(root: str | os.PathLike, name: str, source: str | os.PathLike, l
         raise LoreError(f"{where}: {name!r} is not a name inside {root}; dataset files may only name "
                         "files under their own folder")
     path = root / name
-    if not path.resolve().is_relative_to(root.resolve()):
+    resolved, base = path.resolve(), root.resolve()
+    if resolved == base or not resolved.is_relative_to(base):
         raise LoreError(f"{where}: {name!r} leads outside {root}; dataset files may only name files "
                         "under their own folder")
     return path

@@ -16,7 +16,7 @@ from PIL import Image
 # re-exported for the tasks: any image file -> 8-bit RGB, or a LoreError naming the file
 from ..data.datasets import load_image  # noqa: F401
 from ..errors import LoreError
-from ..io import atomic_write_json
+from ..io import atomic_write_json, check_output_dir, is_run_dir
 
 
 def _number(cast: type, check, what: str):
@@ -106,9 +106,12 @@ def extractor_from_args(args: argparse.Namespace) -> Extractor:
 
 
 def check_out_dir(out: str | Path) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LoreError(f"--out {out} is a file; give a directory")
+    """``--out`` is a writable folder (or can be made), and not a run's own folder: results.json
+    must not land among a run's files (checked before any compute)."""
+    out = check_output_dir(out)
+    if is_run_dir(out):
+        raise LoreError(f"--out {out} is a training run's directory; write task results to their own "
+                        f"folder, e.g. {out / 'tasks'}")
     return out
 
 

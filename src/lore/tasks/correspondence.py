@@ -37,7 +37,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import LoreError
-from ..io import read_json
+from ..io import inside_root, read_json
 from ..metrics import pck
 from .common import (Extractor, add_common_arguments, check_out_dir, extractor_from_args, fmt,
                      load_image, positive_float, positive_int, write_results)
@@ -100,8 +100,11 @@ def read_pair(path: Path, root: Path) -> SPairPair:
     trg_w, trg_h = (int(v) for v in _numbers(data["trg_imsize"], 2, "trg_imsize", path))
     _numbers(data["src_bndbox"], 4, "src_bndbox", path)
     trg_bbox = _numbers(data["trg_bndbox"], 4, "trg_bndbox", path)
-    images = root / "JPEGImages" / category
-    return SPairPair(path.stem, category, images / str(data["src_imname"]), images / str(data["trg_imname"]),
+    # names from the file become paths: each must stay inside ROOT/JPEGImages
+    images = root / "JPEGImages"
+    src = inside_root(images, f"{category}/{data['src_imname']}", f"{path} (category, src_imname)")
+    trg = inside_root(images, f"{category}/{data['trg_imname']}", f"{path} (category, trg_imname)")
+    return SPairPair(path.stem, category, src, trg,
                      src_kps, trg_kps, (src_w, src_h), (trg_w, trg_h), trg_bbox)
 
 

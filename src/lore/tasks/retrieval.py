@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import LoreError
-from ..io import load_pickle_safe
+from ..io import inside_root, load_pickle_safe
 from ..metrics import revisited_map
 from .common import (Extractor, add_common_arguments, check_out_dir, extractor_from_args, fmt,
                      load_image, positive_int, write_results)
@@ -91,8 +91,8 @@ def read_revisited(root: str | Path, dataset: str) -> RevisitedDataset:
         else:
             bbx = None
     image_dir = base / "jpg"
-    images = [image_dir / f"{name}.jpg" for name in imlist]
-    queries = [image_dir / f"{name}.jpg" for name in qimlist]
+    images = [inside_root(image_dir, f"{name}.jpg", f"{gnd_path} (imlist[{i}])") for i, name in enumerate(imlist)]
+    queries = [inside_root(image_dir, f"{name}.jpg", f"{gnd_path} (qimlist[{i}])") for i, name in enumerate(qimlist)]
     absent = [p for p in images + queries if not p.is_file()]
     if absent:
         raise LoreError(f"{len(absent)} image(s) named in {gnd_path.name} are missing, e.g. {absent[0]}")

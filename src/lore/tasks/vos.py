@@ -38,6 +38,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ..errors import LoreError
+from ..io import inside_root
 from ..metrics import davis_f, davis_j, davis_statistics
 from .common import (Extractor, add_common_arguments, check_out_dir, extractor_from_args, fmt,
                      load_image, non_negative_int, positive_float, positive_int, write_results)
@@ -165,12 +166,14 @@ def read_davis(root: str | Path, set_name: str = "val", resolution: str = "480p"
         found = sorted(p.stem for p in (root / "ImageSets" / "2017").glob("*.txt"))
         hint = f" (found: {', '.join(found)})" if found else " (is --root the DAVIS folder?)"
         raise LoreError(f"DAVIS sequence list {list_file} not found{hint}")
-    names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+    names = [(i, line.strip()) for i, line in enumerate(_read_text(list_file).splitlines(), 1) if line.strip()]
     if not names:
         raise LoreError(f"DAVIS sequence list {list_file} is empty")
     sequences = []
-    for name in names:
-        frame_dir = root / "JPEGImages" / resolution / name
+    for line, name in names:
+        # a sequence name becomes a path to read frames from and to write masks to: keep it inside
+        frame_dir = inside_root(root / "JPEGImages" / resolution, name, list_file, line)
+        inside_root(root / "Annotations" / resolution, name, list_file, line)
         frames = sorted(frame_dir.glob("*.jpg"))
         if not frames:
             raise LoreError(f"DAVIS sequence {name}: no frames (*.jpg) in {frame_dir}")
@@ -188,6 +191,13 @@ def read_davis(root: str | Path, set_name: str = "val", resolution: str = "480p"
                                 f"annotation is {size[0]}x{size[1]}; all frames must have the same size")
         sequences.append(DavisSequence(name, frames, [a if a.is_file() else None for a in annotations]))
     return sequences
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LoreError(f"{path} is not a UTF-8 text file ({e.reason} at byte {e.start})") from None
 
 
 def _image_size(path: Path) -> tuple[int, int]:

@@ -220,6 +220,9 @@ def build_panels(names: list[str], maps: dict[str, np.ndarray], size: int, metho
 # command
 
 
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run directory written by `lore train`")
     src = parser.add_mutually_exclusive_group()
@@ -240,12 +243,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> dict:
     from ..checkpoint import load_run
-    from ..io import atomic_save, atomic_write_json
+    from ..io import atomic_save, atomic_write_json, check_output_file
     from ..runs import resolve_device
 
-    out = Path(args.out)
-    if out.is_dir():
-        raise LoreError(f"--out {out} is a directory; give a figure file name such as {out}/attention.png")
+    out = check_output_file(args.out, suffixes=FIGURE_SUFFIXES, side_files=(".npz", ".json"))
     if args.batch_size < 1:
         raise LoreError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device)

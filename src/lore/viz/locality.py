@@ -154,14 +154,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> dict:
     from ..checkpoint import load_run
-    from ..io import atomic_write_json
+    from ..io import atomic_write_json, check_output_file
     from ..models import build_model
     from ..runs import resolve_device
     from .attention import dataset_samples, image_size, load_images
 
     if args.batch_size < 1:
         raise LoreError(f"--batch-size must be >= 1, got {args.batch_size}")
-    out = Path(args.out) if args.out else Path(args.run) / "locality.json"
+    out = check_output_file(args.out or Path(args.run) / "locality.json", suffixes=(".json",),
+                            side_files=(".png",))
     device = resolve_device(args.device)
     model, meta = load_run(args.run, device, backbone_checkpoint=args.checkpoint)
     samples = dataset_samples(args.data, args.format, args.split, args.n, meta, check_classes=False)

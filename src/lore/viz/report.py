@@ -550,11 +550,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from ..io import atomic_write_text
+    from ..io import atomic_write_text, check_output_file
 
-    out = Path(args.out)
-    if out.is_dir():
-        raise LoreError(f"--out {out} is a directory; give a file name such as {out}/report.html")
+    out = check_output_file(args.out, suffixes=(".html", ".htm"))
     notes: list[str] = []
     runs = load_runs(args.runs, notes)
     page = render(runs, args.title, notes)

@@ -1,0 +1,101 @@
+"""Option values as the user means them, whatever wrote them.
+
+A YAML file, a recipe or the command line may hand ``TrainConfig`` a value of the wrong type:
+PyYAML reads ``lr: 1e-3`` as the *string* "1e-3" (YAML 1.1 wants a dot), ``epochs: 1.5`` as a
+float, ``kp: "no"`` as a string that Python would call true. Each value is converted to its
+field's type or refused with one line naming the option; numbers must be finite.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Iterable
+
+from .errors import LoreError
+
+_TRUE = {"true", "yes", "on", "1", "y"}
+_FALSE = {"false", "no", "off", "0", "n"}
+
+# float options with a range (low, high, high inclusive?) beyond "finite"
+FLOAT_RANGES = {"momentum": (0.0, 1.0, False), "kp_weight": (0.0, math.inf, False),
+                "adapter_ratio": (0.0, 1.0, True), "tip_alpha": (0.0, math.inf, False),
+                "tip_beta": (0.0, math.inf, False), "stage_h_lr": (0.0, math.inf, False)}
+
+
+def default_workers() -> int:
+    """Data-loader worker processes by default: up to 4, never more than this process may use
+    (more only add start-up time and trigger PyTorch's warning about the machine's cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cores))
+
+
+def _kind(annotation: str) -> str | None:
+    text = str(annotation)
+    for kind in ("bool", "int", "float"):
+        if kind in text:
+            return kind
+    return None
+
+
+def convert(name: str, annotation: str, value: Any, source: str) -> Any:
+    """``value`` as the type ``annotation`` names (bool, int, float; others pass), or a LoreError."""
+    kind = _kind(annotation)
+    flag = "--" + name.replace("_", "-")
+    if value is None or kind is None:
+        if kind is not None and "None" not in str(annotation):
+            raise LoreError(f"{source}: {flag} needs a value")
+        return value
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise LoreError(f"{source}: {flag} must be true or false, got {value!r}")
+    if isinstance(value, bool):
+        raise LoreError(f"{source}: {flag} must be a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip()) if kind == "float" else _int_text(value)
+        except ValueError:
+            raise LoreError(f"{source}: {flag} must be {'a number' if kind == 'float' else 'an integer'}, "
+                            f"got {value!r}") from None
+    if kind == "int":
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise LoreError(f"{source}: {flag} must be a whole number, got {value!r}")
+            value = int(value)
+        if not isinstance(value, int):
+            raise LoreError(f"{source}: {flag} must be an integer, got {value!r}")
+        return value
+    if not isinstance(value, (int, float)):
+        raise LoreError(f"{source}: {flag} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise LoreError(f"{source}: {flag} must be a finite number, got {value}")
+    if name in FLOAT_RANGES:
+        low, high, high_ok = FLOAT_RANGES[name]
+        if value < low or value > high or (value == high and not high_ok):
+            bracket = "]" if high_ok else ")"
+            raise LoreError(f"{source}: {flag} must be in [{low:g}, {high:g}{bracket}, got {value}")
+    return value
+
+
+def _int_text(text: str) -> int:
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        number = float(text)  # "1e3" is an integer a user may write; "1.5" is not
+        if not number.is_integer():
+            raise
+        return int(number)
+
+
+def typed(values: dict, fields: Iterable, source: str) -> dict:
+    """``values`` with every known field converted to its declared type."""
+    types = {f.name: f.type for f in fields}
+    return {k: convert(k, types[k], v, source) if k in types else v for k, v in values.items()}

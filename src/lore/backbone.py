@@ -116,8 +116,10 @@ def create_vit(
     kwargs.update(backbone_args or {})
     if not is_clip_name(name):
         kwargs.setdefault("num_classes", 0)
+    from . import pretrained as offline  # names built from other sources than the timm hub
     try:
-        model = timm.create_model(name, pretrained=pretrained and checkpoint is None, **kwargs)
+        create = offline.create if offline.is_registered(name) else timm.create_model
+        model = create(name, pretrained=pretrained and checkpoint is None, **kwargs)
     except TypeError as e:
         raise LoreError(f"--backbone-args {backbone_args} not accepted by {name}: {e}") from None
     except (RuntimeError, OSError, ValueError) as e:

@@ -1,0 +1,43 @@
+"""Stanford Dogs as distributed: ``train_list.mat`` / ``test_list.mat`` (from lists.tar) hold
+``file_list`` (``<synset>-<breed>/<file>.jpg`` under ``Images/``) and 1-based ``labels``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LoreError
+from . import catalog
+from .datasets import Sample, Splits
+from .layout import locate, require_files
+
+NESTS = ("", "lists")
+
+
+def _read(mat: Path, images: Path, num_classes: int) -> list[Sample]:
+    from scipy.io import loadmat
+    try:
+        raw = loadmat(str(mat), squeeze_me=True)
+    except (ValueError, TypeError, OSError) as e:
+        raise LoreError(f"dogs: {mat} is not a MATLAB file ({e})") from None
+    if "file_list" not in raw or "labels" not in raw:
+        raise LoreError(f"dogs: {mat} has no file_list / labels entries")
+    files = np.atleast_1d(raw["file_list"])
+    labels = np.atleast_1d(raw["labels"]).astype(np.int64) - 1
+    if len(files) != len(labels) or (len(labels) and not 0 <= labels.min() <= labels.max() < num_classes):
+        raise LoreError(f"dogs: {mat} holds {len(files)} files and {len(labels)} labels in 1..{num_classes}: "
+                        "they do not match")
+    return [(str(images / str(f)), int(y)) for f, y in zip(files, labels)]
+
+
+def load_dogs(root: Path) -> Splits:
+    mats = {s: locate("dogs", root, f"{s}_list.mat", NESTS) for s in ("train", "test")}
+    images = root / "Images"
+    if not images.is_dir():
+        raise LoreError(f"dogs: expected the Images/ folder of images.tar in {root}")
+    names = catalog.classnames("dogs")
+    parts = {s: _read(m, images, len(names)) for s, m in mats.items()}
+    for s, samples in parts.items():
+        require_files("dogs", s, samples, mats[s])
+    return Splits(names, parts)

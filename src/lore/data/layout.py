@@ -1,0 +1,55 @@
+"""Small helpers shared by the readers of datasets as they are distributed: where a file is looked
+for, a clear error when it is not there, image listing, and the user cache directory."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ..errors import LoreError
+from .datasets import IMAGE_EXTENSIONS, Sample
+
+_NUMBER = re.compile(r"(\d+)\.[A-Za-z]+$")
+
+
+def locate(name: str, root: Path, relative: str, nests: tuple[str, ...] = ("",)) -> Path:
+    """``root/nest/relative`` for the first nest where it exists (archives extract into a folder of
+    their own, so a dataset folder may hold the files directly or one level down)."""
+    tried = [root / nest / relative if nest else root / relative for nest in nests]
+    for path in tried:
+        if path.exists():
+            return path
+    where = ", ".join(str(p.parent) for p in tried)
+    raise LoreError(f"{name}: expected {relative} (looked in {where}); is --data the folder the "
+                    f"dataset was extracted to?")
+
+
+def require_files(name: str, split: str, samples: list[Sample], listed_in: Path) -> None:
+    absent = [p for p, _ in samples if not os.path.isfile(p)]
+    if absent:
+        raise LoreError(f"{name}: {len(absent)} image(s) of the {split} split listed in {listed_in} "
+                        f"are missing, e.g. {absent[0]}")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder`` (os.scandir: ImageNet's train set has 1.3M files)."""
+    with os.scandir(folder) as entries:
+        return sorted(Path(e.path) for e in entries
+                      if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
+
+
+def file_number(path: Path) -> int | None:
+    """The number a file name ends with (``airplane_007.jpg`` -> 7), None without one."""
+    m = _NUMBER.search(path.name)
+    return int(m.group(1)) if m else None
+
+
+def read_lines(path: Path) -> list[str]:
+    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def cache_dir() -> Path:
+    """lore's folder under the user's cache directory ($XDG_CACHE_HOME or ~/.cache)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lore"

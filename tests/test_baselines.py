@@ -21,7 +21,7 @@ from lore.flops import count_gflops
 from lore.knowledge import ZEROSHOT_TEMPLATE, encode_classes, load_open_clip
 from lore.models import build_model
 
-BACKBONE = "vit_base_patch16_clip_224"
+BACKBONE = "vit_base_patch16_clip_quickgelu_224.openai"
 BACKBONE_ARGS = "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2,num_classes=32"
 TINY_CLIP = {"embed_dim": 32,
              "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},

@@ -50,4 +50,4 @@ def build_model(method: str, backbone: str | BlackBox, num_classes: int, *, pret
 
 
 # importing the method modules fills the registry
-from . import vpt, zeroshot, lore, coop, clip_adapter, tip_adapter  # noqa: E402,F401
+from . import vpt, zeroshot, lore, coop, clip_adapter, tip_adapter, cocoop, prograd, maple  # noqa: E402,F401

@@ -10,6 +10,9 @@ It is frozen and comes from open_clip (``text_tower``: the ``clip:MODEL/TAG`` kn
 it is rebuilt from that spec on reload and never stored in the checkpoint; the checkpoint holds the
 context vectors only. At evaluation the class text features are computed once and cached until
 the context vectors change.
+
+The pieces here (the frozen :class:`TextTower`, :func:`class_prompts`) are shared by the other
+prompt learners on CLIP's text side: Co-CoOp, ProGrad and MaPLe.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def open_clip_arg(spec: str) -> str:
     """``clip:MODEL/TAG`` -> ``MODEL/TAG`` for :func:`load_open_clip`."""
     kind, _, arg = spec.partition(":")
     if kind != "clip" or not arg:
-        raise LoreError(f"--method coop needs a CLIP text tower (--knowledge clip:MODEL/TAG), got {spec!r}")
+        raise LoreError(f"this method needs a CLIP text tower (--knowledge clip:MODEL/TAG), got {spec!r}")
     return arg
 
 
@@ -53,7 +56,7 @@ class TextTower(nn.Module):
         missing = [a for a in ("token_embedding", "positional_embedding", "transformer", "ln_final")
                    if not hasattr(src, a)]
         if missing or getattr(src, "cls_emb", None) is not None or getattr(src, "use_pad_mask", False):
-            raise LoreError(f"--method coop: the text tower {type(src).__name__} is not a plain CLIP "
+            raise LoreError(f"the text tower {type(src).__name__} is not a plain CLIP "
                             "text transformer (causal mask, EOS pooling); use an OpenAI-style CLIP")
         self.transformer = src.transformer
         self.ln_final = src.ln_final
@@ -75,52 +78,124 @@ class TextTower(nn.Module):
     def train(self, mode: bool = True) -> "TextTower":
         return super().train(False)  # frozen: never in training mode
 
-    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Token embeddings (C, L, w) + their token ids (C, L, for EOS pooling) -> (C, d)."""
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor, deep: torch.Tensor | None = None,
+                slots: slice = slice(1, 1)) -> torch.Tensor:
+        """Token embeddings (N, L, w) + their token ids (N, L, for EOS pooling) -> (N, d).
+
+        ``deep`` (J-1, n, w): prompts that replace the ``slots`` positions before layers 1..J-1
+        (MaPLe's deep language prompts); after layer J-1 the slot outputs flow on unchanged.
+        """
         from open_clip.transformer import text_global_pool  # open_clip loads only when CoOp is used
 
-        x = x + self.positional_embedding.to(x.dtype)
-        x = self.ln_final(self.transformer(x, attn_mask=self.attn_mask))
+        x, tokens, mask = self._trim(x, tokens)
+        x = x + self.positional_embedding[:x.shape[1]].to(x.dtype)
+        if deep is None:
+            x = self.transformer(x, attn_mask=mask)
+        else:
+            x = self._deep(x, mask, deep, slots)
+        x = self.ln_final(x)
         x = text_global_pool(x, tokens, self.pool_type, eos_token_id=self.eos_id)
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(x)
         return x @ self.text_projection if self.text_projection is not None else x
+
+    def _trim(self, x: torch.Tensor, tokens: torch.Tensor):
+        """Drop the padding after the last EOS: under the causal mask no earlier position sees it,
+        so the pooled EOS feature is unchanged and short prompts cost a fraction of 77 tokens."""
+        mask = self.attn_mask
+        if mask is None or self.pool_type not in ("argmax", "eos"):
+            return x, tokens, mask
+        eos = tokens.argmax(dim=-1) if self.pool_type == "argmax" else (tokens == self.eos_id).int().argmax(dim=-1)
+        keep = int(eos.max()) + 1
+        return x[:, :keep], tokens[:, :keep], mask[:keep, :keep]
+
+    def _deep(self, x: torch.Tensor, mask: torch.Tensor | None, deep: torch.Tensor, slots: slice) -> torch.Tensor:
+        batch_first = getattr(self.transformer, "batch_first", True)
+        deep = deep.to(x.dtype)
+        for i, block in enumerate(self.transformer.resblocks):
+            if 0 < i <= deep.shape[0]:
+                prompt = deep[i - 1].expand(x.shape[0], -1, -1)
+                x = torch.cat([x[:, :slots.start], prompt, x[:, slots.stop:]], dim=1)
+            if batch_first:
+                x = block(x, attn_mask=mask)
+            else:  # older open_clip runs its blocks sequence-first
+                x = block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+        return x
+
+    @property
+    def layers(self) -> int:
+        return len(self.transformer.resblocks)
+
+    @property
+    def width(self) -> int:
+        return self.positional_embedding.shape[-1]
+
+
+def token_embedding(clip_model: nn.Module) -> nn.Module:
+    return getattr(clip_model, "text", clip_model).token_embedding
+
+
+def class_prompts(clip_model: nn.Module, tokenizer, classnames: list[str], n_ctx: int,
+                  ctx_init: str | None, method: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                              torch.Tensor | None]:
+    """Tokens (C, L), the frozen embeddings around the context slots 1..n_ctx (prefix (C, 1, w),
+    suffix (C, L-1-n_ctx, w)) and the initial context (n_ctx, w) (None: random init).
+
+    ``ctx_init`` (e.g. "a photo of a") puts those words before every class name. With at least
+    n_ctx of its tokens the first n_ctx become the context (Co-CoOp, MaPLe: the rest stay fixed
+    words); with fewer they fill the last slots and the others start at zero (ProGrad).
+    """
+    if ctx_init:
+        words = tokenizer([ctx_init])[0]
+        k = int((words != 0).sum()) - 2  # minus SOS and EOS
+        lead = max(n_ctx - k, 0)
+        text = " ".join([CONTEXT_PLACEHOLDER] * lead + [ctx_init])
+    else:
+        text = " ".join([CONTEXT_PLACEHOLDER] * n_ctx)
+    prompts = [f"{text} {name.replace('_', ' ')}." for name in classnames]
+    tokens = tokenizer(prompts)
+    head = tokenizer([text])[0]
+    n_head = int((head != 0).sum()) - 2
+    if n_head < n_ctx or not (tokens[:, 1:1 + n_head] == head[1:1 + n_head]).all():
+        raise LoreError(f"--method {method}: the text tower's tokenizer does not give {n_ctx} context "
+                        f"tokens before the class names within its {tokens.shape[1]}-token window")
+    with torch.no_grad():
+        embedded = token_embedding(clip_model)(tokens)
+    init = None
+    if ctx_init:
+        init = embedded[0, 1:1 + n_ctx].clone()
+        init[:lead] = 0.0
+    return tokens, embedded[:, :1].clone(), embedded[:, 1 + n_ctx:].clone(), init
 
 
 class CoOp(AdaptedViT):
     method = "coop"
 
     def __init__(self, black_box: BlackBox, num_classes: int, classnames: list[str], text_tower: str,
-                 n_ctx: int = 16, csc: bool = False):
+                 n_ctx: int = 16, csc: bool = False, ctx_init: str | None = None, **extra):
         require_clip(black_box, self.method)
         if len(classnames) != num_classes:
-            raise LoreError(f"--method coop: {len(classnames)} class names for {num_classes} classes")
+            raise LoreError(f"--method {self.method}: {len(classnames)} class names for {num_classes} classes")
         if n_ctx < 1:
-            raise LoreError(f"--coop-ctx must be >= 1, got {n_ctx}")
-        super().__init__(black_box, num_classes, nn.Identity(), n_ctx=n_ctx, csc=csc,
-                         classnames=list(classnames), text_tower=text_tower)
+            raise LoreError(f"--method {self.method}: the context length must be >= 1, got {n_ctx}")
+        options = dict(n_ctx=n_ctx, csc=csc, classnames=list(classnames), text_tower=text_tower)
+        if ctx_init is not None:
+            options["ctx_init"] = ctx_init
+        super().__init__(black_box, num_classes, nn.Identity(), **options, **extra)
         clip_model, tokenizer = load_open_clip(open_clip_arg(text_tower))
         self.text_tower = TextTower(clip_model)
-        width = self.text_tower.positional_embedding.shape[-1]
-        prompts = [" ".join([CONTEXT_PLACEHOLDER] * n_ctx) + " " + name.replace("_", " ") + "."
-                   for name in classnames]
-        tokens = tokenizer(prompts)
-        placeholder = tokenizer([CONTEXT_PLACEHOLDER])[0, 1]
-        if not (tokens[:, 1:1 + n_ctx] == placeholder).all():
-            raise LoreError(f"--coop-ctx {n_ctx}: the text tower's tokenizer does not give one token "
-                            f"per context slot within its {tokens.shape[1]}-token window")
-        with torch.no_grad():
-            embedded = clip_model.token_embedding(tokens) if not hasattr(clip_model, "text") \
-                else clip_model.text.token_embedding(tokens)
+        width = self.text_tower.width
+        tokens, prefix, suffix, init = class_prompts(clip_model, tokenizer, classnames, n_ctx, ctx_init,
+                                                     self.method)
         # SOS and "classname . EOS pad" around the context slots: frozen, rebuilt from the spec
         self.register_buffer("tokens", tokens, persistent=False)
-        self.register_buffer("token_prefix", embedded[:, :1].clone(), persistent=False)
-        self.register_buffer("token_suffix", embedded[:, 1 + n_ctx:].clone(), persistent=False)
+        self.register_buffer("token_prefix", prefix, persistent=False)
+        self.register_buffer("token_suffix", suffix, persistent=False)
         shape = (num_classes, n_ctx, width) if csc else (n_ctx, width)
-        self.ctx = nn.Parameter(torch.randn(shape) * 0.02)
+        self.ctx = nn.Parameter(init.expand(shape).clone() if init is not None else torch.randn(shape) * 0.02)
         self._cache: tuple[tuple, torch.Tensor] | None = None
         if self.text_tower.out_dim != black_box.out_dim:
-            raise LoreError(f"--method coop: the text tower {text_tower} embeds into "
+            raise LoreError(f"--method {self.method}: the text tower {text_tower} embeds into "
                             f"{self.text_tower.out_dim}-d but the "
                             f"image embedding is {black_box.out_dim}-d; use the backbone's own CLIP")
 
@@ -148,7 +223,10 @@ class CoOp(AdaptedViT):
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = image_embedding(self.black_box, images)
+        return self.logits(image_embedding(self.black_box, images))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, d) image embeddings -> (B, C) logits, 100 * cos(image, class text feature)."""
         text = self._class_features()
         return CLIP_LOGIT_SCALE * F.normalize(x, dim=-1) @ F.normalize(text, dim=-1).to(x.dtype).t()
 
@@ -159,8 +237,41 @@ class CoOp(AdaptedViT):
 
 @register("coop")
 def _coop(black_box: BlackBox, num_classes: int, classnames: list[str] | None = None,
-          text_tower: str | None = None, n_ctx: int = 16, csc: bool = False, **_) -> AdaptedViT:
+          text_tower: str | None = None, n_ctx: int = 16, csc: bool = False, ctx_init: str | None = None,
+          **_) -> AdaptedViT:
+    require_text_side(black_box, "coop", classnames, text_tower)
+    return CoOp(black_box, num_classes, classnames, text_tower, n_ctx=n_ctx, csc=csc, ctx_init=ctx_init)
+
+
+def require_text_side(black_box: BlackBox, method: str, classnames: list[str] | None, text_tower: str | None) -> None:
+    """A CLIP image tower, the class names and a CLIP text tower spec, checked before any loading."""
+    require_clip(black_box, method)
     if classnames is None or text_tower is None:
-        raise LoreError("--method coop needs the class names and a CLIP text tower "
+        raise LoreError(f"--method {method} needs the class names and a CLIP text tower "
                         "(options classnames=..., text_tower='clip:MODEL/TAG')")
-    return CoOp(black_box, num_classes, classnames, text_tower, n_ctx=n_ctx, csc=csc)
+    open_clip_arg(text_tower)
+
+
+def text_side_options(cfg) -> dict:
+    """The model options a TrainConfig gives CoOp, Co-CoOp, ProGrad and MaPLe."""
+    if cfg.method == "coop":
+        return dict(n_ctx=cfg.coop_ctx, csc=cfg.coop_csc)
+    if cfg.method == "cocoop":
+        return dict(n_ctx=cfg.cocoop_ctx)
+    if cfg.method == "prograd":
+        return dict(n_ctx=cfg.coop_ctx, csc=cfg.coop_csc, lam=cfg.prograd_lambda)
+    if cfg.method == "maple":
+        return dict(n_ctx=cfg.maple_ctx, depth=cfg.maple_depth)
+    raise LoreError(f"--method {cfg.method} has no CLIP text-side options")
+
+
+def check_text_side(cfg) -> None:
+    """Refuse a backbone without CLIP's image projection, or a non-CLIP --knowledge, before any
+    data is read or model built (the same checks the constructors make on the built model)."""
+    from ..backbone import has_clip_projection
+    from ..knowledge import default_knowledge_spec
+
+    if not cfg.checkpoint and not has_clip_projection(cfg.backbone):
+        raise LoreError(f"--method {cfg.method} needs a CLIP backbone whose image embedding lives in the "
+                        f"text space (e.g. vit_base_patch16_clip_quickgelu_224.openai), got {cfg.backbone}")
+    open_clip_arg(cfg.knowledge or default_knowledge_spec(cfg.backbone))

@@ -1,0 +1,121 @@
+"""MaPLe (Khattak et al., CVPR 2023): multi-modal prompt learning on both CLIP towers.
+
+Language side: n_ctx learnable context vectors (2, initialised from the first tokens of
+"a photo of a", so the prompt reads "[ctx_1 ctx_2] of a <class>.") in the text tower's input, and
+J-1 further sets (N(0, 0.02)) that replace the same slots before text layers 1..J-1 (J = 9).
+
+Vision side: no prompts of its own. The prompts of image layer j are produced from the language
+prompts of layer j by a linear coupling function F_j (text width -> image width, 512 -> 768 on
+ViT-B/16), inserted into the Black Box's input and replaced before image layers 1..J-1; after
+layer J-1 they flow through both towers unchanged.
+
+Trainable (ViT-B/16, J = 9, n_ctx = 2): context 2*512 + deep text prompts 8*2*512 + 9 couplings
+9*(512*768 + 768) = 3,555,072. Like the reference code, the J-1 deep couplings start as copies of
+one initialised linear layer. Logits: 100 * cos(image embedding with prompts, class text feature);
+at evaluation the class text features are encoded once and cached until the prompts change.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..backbone import CLIP_LOGIT_SCALE, BlackBox
+from ..errors import LoreError
+from ..knowledge import load_open_clip
+from . import register
+from .base import AdaptedViT
+from .coop import TextTower, class_prompts, open_clip_arg, require_text_side
+
+CTX_INIT = "a photo of a"
+
+
+class MaPLe(AdaptedViT):
+    method = "maple"
+
+    def __init__(self, black_box: BlackBox, num_classes: int, classnames: list[str], text_tower: str,
+                 n_ctx: int = 2, depth: int = 9, ctx_init: str | None = CTX_INIT):
+        if len(classnames) != num_classes:
+            raise LoreError(f"--method maple: {len(classnames)} class names for {num_classes} classes")
+        if n_ctx < 1:
+            raise LoreError(f"--maple-ctx must be >= 1, got {n_ctx}")
+        super().__init__(black_box, num_classes, nn.Identity(), n_ctx=n_ctx, depth=depth, ctx_init=ctx_init,
+                         classnames=list(classnames), text_tower=text_tower)
+        clip_model, tokenizer = load_open_clip(open_clip_arg(text_tower))
+        self.text_tower = TextTower(clip_model)
+        if not 1 <= depth <= min(black_box.depth, self.text_tower.layers):
+            raise LoreError(f"--maple-depth must be in [1, {min(black_box.depth, self.text_tower.layers)}] "
+                            f"(the layers of both towers), got {depth}")
+        if self.text_tower.out_dim != black_box.out_dim:
+            raise LoreError(f"--method maple: the text tower {text_tower} embeds into "
+                            f"{self.text_tower.out_dim}-d but the image embedding is {black_box.out_dim}-d; "
+                            "use the backbone's own CLIP")
+        w, D = self.text_tower.width, black_box.embed_dim
+        tokens, prefix, suffix, init = class_prompts(clip_model, tokenizer, classnames, n_ctx, ctx_init,
+                                                     self.method)
+        self.register_buffer("tokens", tokens, persistent=False)
+        self.register_buffer("token_prefix", prefix, persistent=False)
+        self.register_buffer("token_suffix", suffix, persistent=False)
+        self.n_ctx, self.depth = n_ctx, depth
+        self.ctx = nn.Parameter(init.clone() if init is not None else torch.randn(n_ctx, w) * 0.02)
+        self.proj = nn.Linear(w, D)
+        self.deep_text = nn.Parameter(torch.randn(depth - 1, n_ctx, w) * 0.02)
+        coupling = nn.Linear(w, D)
+        self.deep_proj = nn.ModuleList([copy.deepcopy(coupling) for _ in range(depth - 1)])
+        self._cache: tuple[tuple, torch.Tensor] | None = None
+
+    def vision_prompts(self) -> torch.Tensor:
+        """(1, J, n_ctx, D): the image-side prompts of layers 0..J-1, coupled from the language ones."""
+        first = self.proj(self.ctx).unsqueeze(0)
+        if not len(self.deep_proj):
+            return first.unsqueeze(0)
+        # the J-1 couplings applied at once: (J-1, n, w) x (J-1, w, D) + (J-1, 1, D)
+        weight = torch.stack([f.weight for f in self.deep_proj]).transpose(1, 2)
+        bias = torch.stack([f.bias for f in self.deep_proj]).unsqueeze(1)
+        deep = torch.baddbmm(bias, self.deep_text.to(weight.dtype), weight)
+        return torch.cat([first, deep.to(first.dtype)]).unsqueeze(0)
+
+    def prompts(self, e0: torch.Tensor) -> torch.Tensor:
+        return self.vision_prompts()
+
+    def text_features(self) -> torch.Tensor:
+        """(C, d) class text features with the language prompts of all J layers, one batched pass."""
+        ctx = self.ctx.expand(self.num_classes, -1, -1)
+        prefix, suffix = self.token_prefix.to(ctx.dtype), self.token_suffix.to(ctx.dtype)
+        return self.text_tower(torch.cat([prefix, ctx, suffix], dim=1), self.tokens, deep=self.deep_text,
+                               slots=slice(1, 1 + self.n_ctx))
+
+    def _class_features(self) -> torch.Tensor:
+        if self.training or torch.is_grad_enabled():
+            return self.text_features()
+        key = tuple((p._version, p.data_ptr(), p.device) for p in (self.ctx, self.deep_text))
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.text_features())
+        return self._cache[1]
+
+    def train(self, mode: bool = True) -> "MaPLe":
+        super().train(mode)
+        if not mode:  # entering eval: encode the classes now, not as part of the first image's cost
+            with torch.no_grad():
+                self._class_features()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        e0 = self.black_box.embed(images)
+        x = self.black_box.forward_embed(e0, self.prompts(e0)).pooled
+        text = self._class_features()
+        return CLIP_LOGIT_SCALE * F.normalize(x, dim=-1) @ F.normalize(text, dim=-1).to(x.dtype).t()
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in super().trainable_state_dict().items() if not k.startswith("text_tower.")}
+
+
+@register("maple")
+def _maple(black_box: BlackBox, num_classes: int, classnames: list[str] | None = None,
+           text_tower: str | None = None, n_ctx: int = 2, depth: int = 9, ctx_init: str | None = CTX_INIT,
+           **_) -> AdaptedViT:
+    require_text_side(black_box, "maple", classnames, text_tower)
+    return MaPLe(black_box, num_classes, classnames, text_tower, n_ctx=n_ctx, depth=depth, ctx_init=ctx_init)

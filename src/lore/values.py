@@ -99,3 +99,12 @@ def typed(values: dict, fields: Iterable, source: str) -> dict:
     """``values`` with every known field converted to its declared type."""
     types = {f.name: f.type for f in fields}
     return {k: convert(k, types[k], v, source) if k in types else v for k, v in values.items()}
+
+
+def check_patch_multiple(size: tuple[int, int], patch: int) -> None:
+    """A ViT's input sides must be multiples of its patch size (timm would assert)."""
+    h, w = int(size[0]), int(size[1])
+    if h % patch or w % patch:
+        near = max(patch, round(h / patch) * patch)
+        raise LoreError(f"--img-size {h if h == w else f'{h}x{w}'} is not a multiple of the backbone's "
+                        f"patch size {patch}; use e.g. --img-size {near}")

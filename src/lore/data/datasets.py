@@ -75,15 +75,21 @@ def _read_classnames(path: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise LoreError(f"--classnames {path}: file not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+        names = json.loads(text) if p.suffix == ".json" else None
+    except UnicodeDecodeError as e:
+        raise LoreError(f"--classnames {path} is not a UTF-8 text file ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise LoreError(f"--classnames {path} is not valid JSON ({e})") from None
     if p.suffix == ".json":
-        names = json.loads(p.read_text())
         if isinstance(names, dict):  # {"0": "name", ...} or {"name": 0, ...}
             if all(isinstance(v, int) for v in names.values()):
                 names = sorted(names, key=names.get)
             else:
                 names = [names[k] for k in sorted(names, key=int)]
         return [str(n) for n in names]
-    return [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
 def _list_images(folder: Path) -> list[Path]:
@@ -115,9 +121,11 @@ def _imagefolder(root: Path, image_dir: str | None, holdout: float) -> Splits:
 
 def _holdout_split(samples: list[Sample], holdout: float) -> dict[str, list[Sample]]:
     """Stable train/test split for a folder without split sub-folders: a file is held out by a hash
-    of its name, so adding files never moves the others."""
+    of its class folder and name (not the name alone, or ``0.png`` of every class would fall on the
+    same side), so adding files never moves the others."""
     def held(path: str) -> bool:
-        h = int(hashlib.md5(Path(path).name.encode()).hexdigest()[:8], 16)
+        key = f"{Path(path).parent.name}/{Path(path).name}"
+        h = int(hashlib.md5(key.encode()).hexdigest()[:8], 16)
         return h / 0xFFFFFFFF < holdout
     return {"train": [s for s in samples if not held(s[0])], "test": [s for s in samples if held(s[0])]}
 
@@ -200,12 +208,11 @@ def _csv(root: Path, image_dir: str | None, holdout: float) -> Splits:
         raise LoreError(f"--data {root}: no train.csv / val.csv / test.csv found for --format csv")
     rows: dict[str, list[tuple[str, str]]] = {}
     for s, f in files.items():
-        with open(f, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
-                raise LoreError(f"{f}: expected a header with columns 'path' and 'label'")
-            rows[s] = [(r["path"], r["label"]) for r in reader]
+        rows[s] = _csv_rows(f)
     labels = [y for r in rows.values() for _, y in r]
+    if not labels:
+        raise LoreError(f"--data {root}: the CSV file(s) {', '.join(str(f) for f in files.values())} "
+                        "list no images (only a header?)")
     numeric = all(y.strip().lstrip("-").isdigit() for y in labels)
     if numeric:
         classnames = [f"class_{i}" for i in range(max(int(y) for y in labels) + 1)]
@@ -226,6 +233,27 @@ def _csv(root: Path, image_dir: str | None, holdout: float) -> Splits:
 # decoding
 
 
+def _csv_rows(path: Path) -> list[tuple[str, str]]:
+    """(path, label) of every row, or a LoreError naming the file and line."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+                raise LoreError(f"{path}: expected a header with columns 'path' and 'label'")
+            rows = []
+            for r in reader:
+                if r["path"] is None or r["label"] is None or not r["path"].strip() or not r["label"].strip():
+                    raise LoreError(f"{path}, line {reader.line_num}: a row without a path and a label; "
+                                    "every row needs both")
+                rows.append((r["path"], r["label"]))
+            return rows
+    except UnicodeDecodeError as e:
+        raise LoreError(f"{path} is not a UTF-8 text file ({e.reason} at byte {e.start}); save it as "
+                        "UTF-8") from None
+    except csv.Error as e:
+        raise LoreError(f"{path}: not a valid CSV file ({e})") from None
+
+
 def load_image(path: str) -> Image.Image:
     """Open any common image as 8-bit RGB (grayscale, RGBA, palette, CMYK and 16-bit all work)."""
     try:
@@ -238,6 +266,8 @@ def load_image(path: str) -> Image.Image:
             if im.mode == "P" and "transparency" in im.info:
                 im = im.convert("RGBA")
             return im.convert("RGB")
+    except Image.DecompressionBombError as e:
+        raise LoreError(f"image {path} was refused: {e}; remove it or shrink it") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise LoreError(f"cannot decode image {path} ({type(e).__name__}: {e}); remove or replace "
                         "the file") from None

@@ -191,7 +191,8 @@ class BlackBox(nn.Module):
     """Frozen ViT that runs with optional prompt tokens.
 
     Prompts are a tensor (B or 1, L_p, P, D): ``L_p == 1`` is shallow (input-only) prompting,
-    ``L_p == depth`` deep prompting (slots replaced before every block).
+    ``L_p == depth`` deep prompting (slots replaced before every block), ``1 < L_p < depth``
+    replaced before the first L_p blocks only, after which the prompt outputs flow on (MaPLe).
     """
 
     def __init__(self, vit: VisionTransformer, name: str = "", trainable: bool = False):
@@ -262,8 +263,8 @@ class BlackBox(nn.Module):
         npre = vit.num_prefix_tokens
         P = 0
         if prompts is not None:
-            if prompts.ndim != 4 or prompts.shape[1] not in (1, self.depth) or prompts.shape[-1] != D:
-                raise ValueError(f"prompts must be (B, 1 or {self.depth}, P, {D}), got {tuple(prompts.shape)}")
+            if prompts.ndim != 4 or not 1 <= prompts.shape[1] <= self.depth or prompts.shape[-1] != D:
+                raise ValueError(f"prompts must be (B, 1..{self.depth}, P, {D}), got {tuple(prompts.shape)}")
             prompts = prompts.to(x.dtype).expand(B, -1, -1, -1)
             P = prompts.shape[2]
             x = torch.cat([x[:, :npre], prompts[:, 0], x[:, npre:]], dim=1)
@@ -271,7 +272,7 @@ class BlackBox(nn.Module):
         deep = prompts is not None and prompts.shape[1] > 1
         attn: dict[int, torch.Tensor] = {}
         for i, blk in enumerate(vit.blocks):
-            if deep and i > 0:
+            if deep and 0 < i < prompts.shape[1]:
                 x = torch.cat([x[:, :npre], prompts[:, i], x[:, npre + P:]], dim=1)
             if i in attn_layers:
                 attn[i] = attention_weights(blk.attn, blk.norm1(x))

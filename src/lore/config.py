@@ -24,7 +24,7 @@ def opt(default, help: str, choices=None, short=None):
 class TrainConfig:
     # what to train
     method: str = opt("lore", "linear | vpt-shallow | vpt-deep | full | zeroshot | lore | coop | "
-                      "clip-adapter | tip-adapter | tip-adapter-f")
+                      "clip-adapter | tip-adapter | tip-adapter-f | cocoop | prograd | maple")
     backbone: str = opt("vit_base_patch16_clip_224.openai", "timm model name (optionally .pretrained_tag)")
     pretrained: bool = opt(True, "load the backbone's pre-trained weights from the hub")
     checkpoint: str | None = opt(None, "local backbone weights (.safetensors/.pth/.npz) of the same architecture")
@@ -87,11 +87,15 @@ class TrainConfig:
     adapter_ratio: float = opt(0.2, "CLIP-Adapter: residual ratio")
     tip_alpha: float = opt(1.0, "Tip-Adapter: cache-model weight alpha")
     tip_beta: float = opt(5.5, "Tip-Adapter: sharpness beta")
+    cocoop_ctx: int = opt(4, "Co-CoOp: learnable context tokens (initialised from 'a photo of a')")
+    prograd_lambda: float = opt(1.0, "ProGrad: share of the conflicting gradient component removed")
+    maple_ctx: int = opt(2, "MaPLe: learnable context tokens per layer")
+    maple_depth: int = opt(9, "MaPLe: prompted layers J of both towers")
 
 
 INT_RANGES = {"epochs": 0, "batch_size": 1, "img_size": 8, "workers": 0, "keep_last": 1, "save_every": 0,
               "local_prompts": 0, "lin_blocks": 0, "lin_k": 1, "kla_topn": 1, "bottleneck": 1,
-              "val_every": 0, "coop_ctx": 1, "warmup_epochs": 0}
+              "val_every": 0, "coop_ctx": 1, "cocoop_ctx": 1, "maple_ctx": 1, "maple_depth": 1, "warmup_epochs": 0}
 
 
 def validate(cfg: TrainConfig) -> None:

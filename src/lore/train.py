@@ -35,12 +35,14 @@ from .knowledge import (ZEROSHOT_TEMPLATE, cached_class_embeddings, default_know
                         read_templates)
 from .metrics import accuracy
 from .models import build_model
-from .models.coop import weightless
+from .models.coop import text_side_options, weightless
 from .lock import run_lock
 from .runs import resolve_device
 
 # methods whose construction needs class text embeddings, and which template they use
-KNOWLEDGE_METHODS = {"lore", "zeroshot", "clip-adapter", "tip-adapter", "tip-adapter-f"}
+KNOWLEDGE_METHODS = {"lore", "zeroshot", "clip-adapter", "tip-adapter", "tip-adapter-f", "prograd"}
+# methods that run the frozen CLIP text tower themselves (options from text_side_options)
+TEXT_SIDE_METHODS = {"coop", "cocoop", "prograd", "maple"}
 TRAINING_FREE = {"zeroshot", "tip-adapter"}
 
 
@@ -111,10 +113,10 @@ def build_from_config(cfg: TrainConfig, num_classes: int, knowledge: torch.Tenso
                        kla_topn=cfg.kla_topn, kla_variant=cfg.kla_variant, bottleneck=cfg.bottleneck,
                        kp=cfg.kp, kp_weight=cfg.kp_weight, negative=_negative(cfg, knowledge),
                        knowledge_dim=None if knowledge is not None else cfg.knowledge_dim)
-    elif cfg.method == "coop":
-        # CoOp runs the frozen CLIP text tower itself; --dry-run builds it without weights
+    elif cfg.method in TEXT_SIDE_METHODS:
+        # these run the frozen CLIP text tower themselves; --dry-run builds it without weights
         spec = cfg.knowledge or default_knowledge_spec(cfg.backbone)
-        options.update(n_ctx=cfg.coop_ctx, csc=cfg.coop_csc,
+        options.update(text_side_options(cfg),
                        classnames=classnames or [f"class {i}" for i in range(num_classes)],
                        text_tower=spec if pretrained is not False else weightless(spec))
     elif cfg.method == "clip-adapter":

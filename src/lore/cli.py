@@ -24,6 +24,8 @@ COMMANDS = {
     "bench": ("lore.bench", "cost of B-B, VPT and LORE measured side by side"),
     "demo": ("lore.demo", "the whole method offline on generated data"),
     "sweep": ("lore.sweep", "grid of methods x datasets x shots x seeds"),
+    "data": ("lore.data.check", "the paper's datasets as distributed: check a folder's split sizes, list them"),
+    "paper": ("lore.paper", "reproduce one of the paper's tables (runs, table.md with published numbers)"),
 }
 
 
@@ -82,8 +84,12 @@ def _eval_main(args: argparse.Namespace) -> dict:
     cfg = config_mod.make({**saved, "batch_size": args.batch_size, "workers": args.workers,
                            "device": str(device), "resume": None}, source=str(run_dir / "config.yaml"))
     data_path = args.data or meta.get("data") or cfg.data
-    data = load_dataset(data_path, args.format or cfg.format, args.classnames or cfg.classnames,
-                        cfg.image_dir, cfg.holdout)
+    if cfg.dataset and not args.format:  # a run on a paper dataset reads it as distributed
+        from .data.catalog import load_paper_dataset
+        data = load_paper_dataset(cfg.dataset, data_path)
+    else:
+        data = load_dataset(data_path, args.format or cfg.format, args.classnames or cfg.classnames,
+                            cfg.image_dir, cfg.holdout)
     if meta.get("classnames") and data.classnames != meta["classnames"]:
         raise LoreError(f"--data {data_path}: its {len(data.classnames)} classes do not match the "
                         f"{len(meta['classnames'])} the run was trained on (first differing: "

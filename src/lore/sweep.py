@@ -9,6 +9,11 @@ and the sweep goes on; the command exits non-zero at the end if any cell failed.
 ``OUT/table.md`` and ``OUT/table.json`` hold mean +- std of test top-1 (%) over seeds per
 (method, dataset, shots), in the paper's layout: methods as rows, datasets as columns, plus the
 average over datasets. They are rewritten after every cell, so a long sweep can be watched.
+
+``--datasets`` entries are ``NAME=PATH[:FORMAT][:OPTION=VALUE]...``: options after the path apply to
+that dataset's cells only (e.g. ``flowers=~/data/flowers:dataset=flowers:wd=0.5``). Method
+``lore-no-kp`` is ``--method lore --no-kp``. ``lore sweep merge DIR... --out DIR`` joins the tables of
+several sweeps into one.
 """
 
 from __future__ import annotations
@@ -24,17 +29,21 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+import yaml
 
 from . import config as config_mod
 from .config import TrainConfig
 from .errors import LoreError
-from .io import atomic_write_json, atomic_write_text, read_json
+from .io import absolute_paths, atomic_write_json, atomic_write_text, read_json
 
 # TrainConfig fields the grid sets per cell (not passed through from the command line)
 GRID_FIELDS = {"method", "data", "format", "shots", "seed", "out", "resume", "dry_run", "num_classes"}
 # fields that may differ between invocations without changing a cell's result
 EXECUTION_FIELDS = {"device", "workers", "save_every", "keep_last", "resume", "out", "compile", "val_every"}
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+OPTION = re.compile(r"^([a-z][a-z0-9_-]*)=(.*)$")
+# sweep method names that are a method plus options
+METHOD_ALIASES = {"lore-no-kp": {"method": "lore", "kp": False}}
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,7 @@ class Dataset:
     name: str
     path: str
     format: str = "imagefolder"
+    options: tuple[tuple[str, object], ...] = ()  # training options for this dataset's cells only
 
 
 @dataclass(frozen=True)
@@ -63,12 +73,16 @@ class Cell:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--methods", required=True,
-                        help="comma-separated methods, e.g. lore,coop,clip-adapter,tip-adapter-f,vpt-deep,zeroshot")
-    parser.add_argument("--datasets", required=True,
-                        help="comma-separated NAME=PATH[:FORMAT] (FORMAT: imagefolder, vpt-json, "
-                             "coop-split, csv; default imagefolder)")
-    parser.add_argument("--shots", required=True, help="comma-separated shots per class, e.g. 16,8")
+    parser.add_argument("merge", nargs="*", metavar="merge DIR",
+                        help="`lore sweep merge DIR... --out DIR`: join the tables of finished sweeps")
+    parser.add_argument("--methods",
+                        help="comma-separated methods, e.g. lore,lore-no-kp,coop,clip-adapter,tip-adapter-f,"
+                             "vpt-deep,zeroshot")
+    parser.add_argument("--datasets",
+                        help="comma-separated NAME=PATH[:FORMAT][:OPTION=VALUE]... (FORMAT: imagefolder, "
+                             "vpt-json, coop-split, csv; default imagefolder; OPTION: any training option, "
+                             "for this dataset's cells only, e.g. flowers=~/data/flowers:dataset=flowers:wd=0.5)")
+    parser.add_argument("--shots", help="comma-separated shots per class, e.g. 16,8")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default: 1,2,3)")
     parser.add_argument("--out", required=True, help="sweep directory (cells, table.md, table.json)")
     group = parser.add_argument_group("training options for every cell (as in `lore train`)")
@@ -76,12 +90,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from .models import available_methods
-
+    if args.merge:
+        if args.merge[0] != "merge" or len(args.merge) < 2:
+            raise LoreError("lore sweep: the only positional form is `lore sweep merge DIR... --out DIR`")
+        return merge([Path(d) for d in args.merge[1:]], Path(args.out))
+    for flag in ("methods", "datasets", "shots"):
+        if not getattr(args, flag):
+            raise LoreError(f"lore sweep: --{flag} is required")
     methods = _split(args.methods, str, "--methods")
-    unknown = [m for m in methods if m not in available_methods()]
-    if unknown:
-        raise LoreError(f"--methods: unknown {unknown}; choose from: {', '.join(available_methods())}")
+    check_methods(methods)
     datasets = parse_datasets(args.datasets)
     shots = _split(args.shots, int, "--shots")
     seeds = _split(args.seeds, int, "--seeds")
@@ -106,19 +123,50 @@ def _split(text: str, cast, flag: str) -> list:
     return values
 
 
+def check_methods(methods: list[str]) -> None:
+    from .models import available_methods
+
+    known = available_methods() + list(METHOD_ALIASES)
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise LoreError(f"--methods: unknown {unknown}; choose from: {', '.join(known)}")
+
+
 def parse_datasets(text: str) -> list[Dataset]:
-    """``NAME=PATH[:FORMAT],...`` -> datasets (a trailing ``:FORMAT`` only if it names a format)."""
+    """``NAME=PATH[:FORMAT][:OPTION=VALUE]...,...`` -> datasets.
+
+    Trailing ``:`` segments are read as a format (if they name one) or as ``option=value`` (if the
+    option is a training option); everything before them is the path, which may itself hold ``:``."""
     from .data import FORMATS
 
+    known = {f.name for f in fields(TrainConfig)} - GRID_FIELDS
     out: list[Dataset] = []
     for item in _split(text, str, "--datasets"):
         name, sep, rest = item.partition("=")
         if not sep or not rest:
-            raise LoreError(f"--datasets: expected NAME=PATH[:FORMAT], got {item!r}")
+            raise LoreError(f"--datasets: expected NAME=PATH[:FORMAT][:OPTION=VALUE], got {item!r}")
         if not DATASET_NAME.match(name):
             raise LoreError(f"--datasets: dataset name {name!r} must be letters, digits, '_', '-', '.'")
-        path, sep, fmt = rest.rpartition(":")
-        out.append(Dataset(name, path, fmt) if sep and fmt in FORMATS else Dataset(name, rest))
+        parts = rest.split(":")
+        fmt, options = "imagefolder", {}
+        while len(parts) > 1:
+            last = parts[-1]
+            match = OPTION.match(last)
+            if match:
+                key = match.group(1).replace("-", "_")
+                if key not in known:
+                    raise LoreError(f"--datasets {name}: {key!r} is not a training option the sweep "
+                                    f"passes per dataset (e.g. wd, epochs, lr, dataset, template)")
+                options.setdefault(key, _option_value(match.group(2)))
+            elif last in FORMATS:
+                fmt = last
+            else:
+                break
+            parts.pop()
+        path = ":".join(parts)
+        if not path:
+            raise LoreError(f"--datasets {name}: empty path in {item!r}")
+        out.append(Dataset(name, path, fmt, tuple(sorted(options.items()))))
     names = [d.name for d in out]
     if len(set(names)) != len(names):
         raise LoreError(f"--datasets: repeated dataset name in {names}")
@@ -134,6 +182,9 @@ def run_sweep(out: Path, methods: list[str], datasets: list[Dataset], shots: lis
     """Run (or skip) every cell, write the table after each; raise LoreError if any cell failed."""
     cells = [Cell(d, m, k, s) for d in datasets for k in shots for m in methods for s in seeds]
     results: dict[Cell, dict] = {}
+    for cell in cells:  # a re-run with other options is refused before any file is touched
+        if (cell.run_dir(out) / "final.json").is_file() or (cell.run_dir(out) / "checkpoints").is_dir():
+            _check_same_recipe(cell.run_dir(out), cell_config(cell, out, base))
     out.mkdir(parents=True, exist_ok=True)
     for i, cell in enumerate(cells, 1):
         prefix = f"[{i}/{len(cells)}] {cell.label()}:"
@@ -143,8 +194,8 @@ def run_sweep(out: Path, methods: list[str], datasets: list[Dataset], shots: lis
             results[cell] = {"status": "done", "test_acc1": final["test_acc1"], "how": how}
             print(f"{prefix} {how}, test top-1 {100 * final['test_acc1']:.2f} "
                   f"({time.time() - started:.1f} s)", file=sys.stderr)
-        except LoreError as e:
-            results[cell] = {"status": "failed", "error": str(e).strip().splitlines()[0]}
+        except Exception as e:  # noqa: BLE001 - one failing cell (a bug, out of memory) must not end the sweep
+            results[cell] = {"status": "failed", "error": (str(e).strip() or type(e).__name__).splitlines()[0]}
             print(f"{prefix} FAILED: {results[cell]['error']}", file=sys.stderr)
         finally:
             gc.collect()
@@ -160,18 +211,33 @@ def run_sweep(out: Path, methods: list[str], datasets: list[Dataset], shots: lis
     return table
 
 
-def cell_config(cell: Cell, out: Path, base: dict) -> TrainConfig:
-    values = {**base, "method": cell.method, "data": cell.dataset.path, "format": cell.dataset.format,
-              "shots": cell.shots, "seed": cell.seed, "out": str(cell.run_dir(out)), "resume": None,
-              "dry_run": False}
+def _option_value(text: str):
+    """``0.5`` -> 0.5, ``true`` -> True, ``flowers`` -> 'flowers' (YAML scalars)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (str, int, float, bool)) or value is None else text
+
+
+def cell_config(cell: Cell, out: Path, base: dict, recipe_backbone: str | None = None) -> TrainConfig:
+    """The cell's options: defaults < recipe (``--recipe``) < ``base`` < the dataset's own options <
+    the grid (method, data, shots, seed, out). A 0-shot cell trains on no sampled subset (zero-shot)."""
+    from .recipes import apply_recipe
+
+    values = {**base, **dict(cell.dataset.options), "method": cell.method, "data": cell.dataset.path,
+              "format": cell.dataset.format, "shots": cell.shots or None, "seed": cell.seed,
+              "out": str(cell.run_dir(out)), "resume": None, "dry_run": False}
+    values.update(METHOD_ALIASES.get(cell.method, {}))
+    values = apply_recipe(values, recipe_backbone)
     return config_mod.make(values, source="lore sweep")
 
 
-def run_cell(cell: Cell, out: Path, base: dict) -> tuple[dict, str]:
+def run_cell(cell: Cell, out: Path, base: dict, recipe_backbone: str | None = None) -> tuple[dict, str]:
     """(final.json of the cell, how it was obtained: 'skipped', 'resumed' or 'ran')."""
     from .train import run as train_run
 
-    cfg = cell_config(cell, out, base)
+    cfg = cell_config(cell, out, base, recipe_backbone)
     run_dir = cell.run_dir(out)
     if (run_dir / "final.json").is_file():
         _check_same_recipe(run_dir, cfg)
@@ -185,7 +251,7 @@ def run_cell(cell: Cell, out: Path, base: dict) -> tuple[dict, str]:
 def _check_same_recipe(run_dir: Path, cfg: TrainConfig) -> None:
     """A kept cell must have been trained with the options asked for now, or the table mixes recipes."""
     saved = config_mod.load_yaml(str(run_dir / "config.yaml"))
-    wanted = dataclasses.asdict(cfg)
+    wanted = dataclasses.asdict(absolute_paths(cfg))  # runs store absolute paths
     # options the saved run predates (added to lore later) are taken to have had their default
     diff = sorted(k for k in wanted if k not in EXECUTION_FIELDS and k in saved and saved[k] != wanted[k])
     if diff:
@@ -215,24 +281,67 @@ def summarise(out: Path, cells: list[Cell], results: dict[Cell, dict], methods: 
                      "mean": statistics.fmean(accs) if accs else None,
                      "std": statistics.stdev(accs) if len(accs) > 1 else (0.0 if accs else None),
                      "runs": runs})
-        failed += [{"cell": f"{method} / {dataset} / {k}-shot / seed {r['seed']}", "error": r["error"]}
-                   for r in runs if r["status"] == "failed"]
+    return assemble(rows, methods, [dataclasses.asdict(d) for d in datasets], shots, seeds)
+
+
+def assemble(rows: list[dict], methods: list[str], datasets: list[dict], shots: list[int],
+             seeds: list[int]) -> dict:
+    """The table from its per-(method, dataset, shots) rows: the average column and failed runs."""
+    failed = [{"cell": f"{r['method']} / {r['dataset']} / {r['shots']}-shot / seed {run['seed']}",
+               "error": run["error"]}
+              for r in rows for run in r["runs"] if run["status"] == "failed"]
     means = {(r["method"], r["dataset"], r["shots"]): r["mean"] for r in rows}
     average = []
     for k in shots:
         for m in methods:
-            vals = [means[(m, d.name, k)] for d in datasets]
+            vals = [means.get((m, d["name"], k)) for d in datasets]
             # the paper's average column: only over a complete row
             average.append({"method": m, "shots": k,
                             "mean": statistics.fmean(vals) if None not in vals else None})
-    return {"metric": "test top-1 accuracy (%)", "methods": methods,
-            "datasets": [dataclasses.asdict(d) for d in datasets], "shots": shots, "seeds": seeds,
-            "cells": rows, "average": average, "failed": failed}
+    return {"metric": "test top-1 accuracy (%)", "methods": methods, "datasets": datasets,
+            "shots": shots, "seeds": seeds, "cells": rows, "average": average, "failed": failed}
+
+
+def merge(dirs: list[Path], out: Path) -> dict:
+    """One table from the ``table.json`` of several sweeps (a cell measured twice is an error)."""
+    rows: dict[tuple, dict] = {}
+    where: dict[tuple, Path] = {}
+    methods: list[str] = []
+    datasets: dict[str, dict] = {}
+    shots: list[int] = []
+    seeds: list[int] = []
+    for d in dirs:
+        path = d / "table.json"
+        if not path.is_file():
+            raise LoreError(f"lore sweep merge: {path} not found (not a finished sweep directory)")
+        table = read_json(path, "sweep table")
+        for key, target in (("methods", methods), ("shots", shots), ("seeds", seeds)):
+            target += [v for v in table.get(key, []) if v not in target]
+        for ds in table.get("datasets", []):
+            datasets.setdefault(ds["name"], ds)
+        for row in table.get("cells", []):
+            key = (row["method"], row["dataset"], row["shots"])
+            if key in rows and rows[key]["n"] and row["n"]:
+                raise LoreError(f"lore sweep merge: {key[0]} / {key[1]} / {key[2]}-shot is in both "
+                                f"{where[key]} and {d}; merge sweeps of different cells")
+            if key not in rows or not rows[key]["n"]:
+                rows[key], where[key] = row, d
+    order = {m: i for i, m in enumerate(methods)}
+    names = list(datasets)
+    ordered = sorted(rows.values(), key=lambda r: (names.index(r["dataset"]), shots.index(r["shots"]),
+                                                   order[r["method"]]))
+    table = assemble(ordered, methods, list(datasets.values()), shots, seeds)
+    table["merged_from"] = [str(d) for d in dirs]
+    out.mkdir(parents=True, exist_ok=True)
+    write_table(out, table)
+    print(render_markdown(table))
+    return table
 
 
 def render_markdown(table: dict) -> str:
     names = [d["name"] for d in table["datasets"]]
     cells = {(r["method"], r["dataset"], r["shots"]): r for r in table["cells"]}
+    missing = {"n": 0, "runs": []}
     average = {(a["method"], a["shots"]): a["mean"] for a in table["average"]}
     seeds = table["seeds"]
     lines = [f"# lore sweep: {table['metric']}, mean ± std over seeds {', '.join(map(str, seeds))}", ""]
@@ -240,7 +349,7 @@ def render_markdown(table: dict) -> str:
         lines += [f"## {k}-shot", "", "| Method | " + " | ".join(names) + " | Average |",
                   "|---|" + "---:|" * (len(names) + 1)]
         for m in table["methods"]:
-            row = [_format_cell(cells[(m, d, k)], len(seeds)) for d in names]
+            row = [_format_cell(cells.get((m, d, k), missing), len(seeds)) for d in names]
             avg = average[(m, k)]
             lines.append(f"| {m} | " + " | ".join(row) + f" | {'—' if avg is None else f'{avg:.2f}'} |")
         lines.append("")

@@ -1,0 +1,81 @@
+"""``lore paper TABLE --data-root ROOT --out DIR``: reproduce one of the paper's tables.
+
+The table's grid (backbone, methods, datasets, shots, regime; see :mod:`lore.paper.tables`) runs
+with ``--recipe paper`` through the sweep machinery (resumable). ``OUT/table.md`` and
+``OUT/table.csv`` hold the paper's layout with the published number beside each measured cell and
+the difference; ``--plan`` prints the grid and a cost estimate instead of running it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+
+from .. import config as config_mod
+from ..config import TrainConfig
+from ..errors import LoreError
+from ..sweep import GRID_FIELDS, _split
+
+# set per cell by the table (the grid, the recipe, the dataset) rather than by a flag
+PAPER_FIELDS = GRID_FIELDS | {"recipe", "dataset", "curriculum"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .tables import TABLES
+
+    parser.add_argument("table", choices=list(TABLES), help="the paper's table to reproduce")
+    parser.add_argument("--data-root", required=True, help="folder holding one folder per dataset "
+                        "(as `lore data` expects them); table4 also revisitop/, SPair-71k/, DAVIS/")
+    parser.add_argument("--out", required=True, help="output folder (runs/, table.md, table.csv)")
+    parser.add_argument("--seeds", default="1993", help="comma-separated seeds (default: 1993, the reference's)")
+    parser.add_argument("--methods", help="comma-separated: only these methods of the table")
+    parser.add_argument("--datasets", help="comma-separated: only these datasets of the table")
+    parser.add_argument("--plan", action="store_true", help="print the grid and a cost estimate, run nothing")
+    parser.add_argument("--bench", help="with --plan: also estimate from this `lore bench` result (bench.json)")
+    parser.add_argument("--no-measure", dest="measure", action="store_false",
+                        help="with --plan: skip the short measured step on this machine")
+    group = parser.add_argument_group("training options for every run (win over the recipe; e.g. "
+                                      "--backbone + --backbone-args + --no-pretrained for a smoke test)")
+    config_mod.add_arguments(group, skip=PAPER_FIELDS)
+
+
+def base_options(args: argparse.Namespace) -> dict:
+    base = dict(config_mod.load_yaml(args.config)) if getattr(args, "config", None) else {}
+    base.update({f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if f.name not in PAPER_FIELDS and hasattr(args, f.name)})
+    return base
+
+
+def main(args: argparse.Namespace) -> dict:
+    from .runner import measured_rows, narrow, run_grid, write_outputs
+    from .tables import get_table
+
+    table = get_table(args.table)
+    seeds = _split(args.seeds, int, "--seeds")
+    methods = _split(args.methods, str, "--methods") if args.methods else None
+    datasets = _split(args.datasets, str, "--datasets") if args.datasets else None
+    grid = narrow(table, seeds, methods, datasets)
+    root, out = Path(args.data_root).expanduser(), Path(args.out)
+    if not root.is_dir():
+        raise LoreError(f"--data-root {root}: no such folder")
+    base = base_options(args)
+    if args.plan:
+        from .plan import plan
+        return plan(grid, root, base, args.bench, args.measure)
+    if args.bench:
+        raise LoreError("--bench is read by --plan only")
+    out.mkdir(parents=True, exist_ok=True)
+    results = run_grid(grid, root, out, base)
+    if table.layout == "tasks":
+        from .tasks import run_tasks, task_rows
+        rows = task_rows(grid, run_tasks(grid, results, root, out, base))
+    else:
+        rows = measured_rows(grid, results)
+    write_outputs(grid, rows, out, results)
+    print((out / "table.md").read_text(encoding="utf-8"))
+    failed = [k for k, v in results.items() if v["status"] == "failed"]
+    if failed:
+        raise LoreError(f"{len(failed)} of {len(results)} runs failed (first: {' / '.join(map(str, failed[0]))}: "
+                        f"{results[failed[0]]['error']}); see {out / 'table.json'}")
+    return {"rows": len(rows), "runs": len(results)}

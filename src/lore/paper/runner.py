@@ -1,0 +1,257 @@
+"""Run a table's grid through the sweep machinery and lay the results out as the paper does.
+
+Cells are ordinary ``lore train`` run directories, ``OUT/runs/<group tag>/<dataset>/<method>/
+<K>shot/seed<S>``: a finished cell is skipped, an interrupted one resumes, a dataset missing under
+the data root leaves its cells "not run: <path> not found" and the rest of the table intact.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import LoreError
+from ..io import atomic_write_json, atomic_write_text
+from ..sweep import Cell, Dataset, run_cell
+from .tables import Group, Table, dataset_groups, published_columns, published_rows
+
+
+@dataclass
+class Grid:
+    """What to run: the table's groups narrowed by --methods / --datasets, and the seeds."""
+    table: Table
+    groups: list[Group]
+    seeds: list[int]
+
+
+def narrow(table: Table, seeds: list[int], methods: list[str] | None = None,
+           datasets: list[str] | None = None) -> Grid:
+    groups = []
+    for g in table.groups:
+        ms = tuple(m for m in g.methods if not methods or m in methods)
+        ds = tuple(d for d in g.datasets if not datasets or d in datasets)
+        if ms and ds:
+            groups.append(Group(g.tag, g.backbone, ms, ds, g.shots, g.curriculum))
+    if not groups:
+        raise LoreError(f"{table.name}: --methods / --datasets leave no cell to run "
+                        f"(methods: {sorted({m for g in table.groups for m in g.methods})}, "
+                        f"datasets: {sorted({d for g in table.groups for d in g.datasets})})")
+    return Grid(table, groups, seeds)
+
+
+def cells(grid: Grid, data_root: Path) -> list[tuple[Group, Cell]]:
+    from ..data.catalog import dataset_dir
+
+    out = []
+    for g in grid.groups:
+        for d in g.datasets:
+            dataset = Dataset(d, str(dataset_dir(d, data_root)), options=(("dataset", d),))
+            out += [(g, Cell(dataset, m, k, s)) for k in g.shots for m in g.methods for s in grid.seeds]
+    return out
+
+
+def run_grid(grid: Grid, data_root: Path, out: Path, base: dict) -> dict[tuple, dict]:
+    """Every cell's result: {"status": done | failed | missing, "final": ..., "error": ...}."""
+    from ..data.catalog import missing
+
+    todo = cells(grid, data_root)
+    results: dict[tuple, dict] = {}
+    absent = {d: missing(d, data_root) for g in grid.groups for d in g.datasets}
+    for i, (group, cell) in enumerate(todo, 1):
+        key = (group.tag, cell.method, cell.dataset.name, cell.shots, cell.seed)
+        prefix = f"[{i}/{len(todo)}] {group.tag} / {cell.label()}:"
+        if absent[cell.dataset.name]:
+            results[key] = {"status": "missing", "error": f"not run: {absent[cell.dataset.name]}"}
+            print(f"{prefix} {results[key]['error']}", file=sys.stderr)
+            continue
+        values = {**base, "recipe": "paper", "curriculum": group.curriculum}
+        values.setdefault("backbone", group.backbone)
+        started = time.time()
+        try:
+            final, how = run_cell(cell, out / "runs" / group.tag, values, recipe_backbone=group.backbone)
+            results[key] = {"status": "done", "final": final}
+            print(f"{prefix} {how}, test top-1 {100 * final['test_acc1']:.2f} ({time.time() - started:.1f} s)",
+                  file=sys.stderr)
+        except LoreError as e:
+            results[key] = {"status": "failed", "error": str(e).strip().splitlines()[0]}
+            print(f"{prefix} FAILED: {results[key]['error']}", file=sys.stderr)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# measured values per table cell
+
+
+@dataclass
+class Value:
+    """One measured table cell: a number, or why there is none."""
+    value: float | None = None
+    note: str = ""
+
+
+def _runs(results: dict, tag: str, method: str, dataset: str, shots: int) -> list[dict]:
+    return [r for (t, m, d, k, _), r in results.items() if (t, m, d, k) == (tag, method, dataset, shots)]
+
+
+def _metric(final: dict, metric: str) -> float | None:
+    if metric.startswith("stage_"):
+        stage = (final.get("stages") or {}).get(metric[len("stage_"):])
+        return None if stage is None else 100.0 * stage["test_acc1"]
+    if metric == "accuracy":
+        return 100.0 * final["test_acc1"]
+    value = final.get(metric)
+    return None if value is None else float(value)
+
+
+def cell_value(results: dict, tag: str, method: str, dataset: str, shots: int,
+               metric: str = "accuracy") -> Value:
+    """Mean over seeds of one (method, dataset, shots) cell."""
+    runs = _runs(results, tag, method, dataset, shots)
+    if not runs:
+        return Value(note="not in this grid")
+    done = [_metric(r["final"], metric) for r in runs if r["status"] == "done"]
+    done = [v for v in done if v is not None]
+    if not done:
+        first = next((r for r in runs if r["status"] != "done"), runs[0])
+        return Value(note=first.get("error") or "no value")
+    note = "" if len(done) == len(runs) else f"{len(done)}/{len(runs)} seeds"
+    return Value(statistics.fmean(done), note)
+
+
+def mean_of(values: list[Value]) -> Value:
+    """The paper's averages: only over complete rows."""
+    if values and all(v.value is not None for v in values):
+        return Value(statistics.fmean(v.value for v in values))
+    missing = [v for v in values if v.value is None]
+    return Value(note=f"incomplete ({len(values) - len(missing)}/{len(values)})")
+
+
+def _group_of(grid: Grid, method: str, shots: int, backbone_tag: str | None = None) -> Group | None:
+    for g in grid.groups:
+        if method in g.methods and shots in g.shots and (backbone_tag is None or g.tag == backbone_tag):
+            return g
+    return None
+
+
+def measured_rows(grid: Grid, results: dict) -> list[dict]:
+    """One dict per published row: the row's identity and {column: Value}."""
+    layout, name = grid.table.layout, grid.table.name
+    columns = published_columns(name)
+    rows = []
+    for prow in published_rows(name):
+        method, shots = prow.get("method"), prow.get("shots", 0)
+        stage = prow.get("stage")
+        values: dict[str, Value] = {}
+        if layout in ("datasets", "stages"):
+            g = _group_of(grid, method, shots)
+            if g is None:
+                continue
+            metric = f"stage_{stage}" if stage else "accuracy"
+            for d in columns[:-1]:
+                values[d] = (cell_value(results, g.tag, method, d, shots, metric) if d in g.datasets
+                             else Value(note="not in this grid"))
+            in_grid = [values[d] for d in g.datasets]
+            values["average"] = mean_of(in_grid) if prow.get("average") is not None else Value()
+        elif layout == "groups":
+            g = _group_of(grid, method, shots)
+            if g is None:
+                continue
+            for group, members in dataset_groups().items():
+                values[group] = mean_of([cell_value(results, g.tag, method, d, shots) for d in members
+                                         if d in g.datasets]) if set(members) & set(g.datasets) \
+                    else Value(note="not in this grid")
+            values["average"] = mean_of([values[c] for c in columns[:-1]])
+        elif layout == "ablation":
+            for column, tag in (("vit", "vit-b16"), ("clip", "clip-b16")):
+                g = _group_of(grid, method, shots, tag)
+                values[column] = (mean_of([cell_value(results, tag, method, d, shots) for d in g.datasets])
+                                  if g else Value(note="not in this grid"))
+        elif layout == "cost":
+            g = _group_of(grid, method, shots)
+            if g is None:
+                continue
+            for column, metric in (("trainable_pct", "trainable_pct"), ("gflops", "gflops"),
+                                   ("images_per_s", "images_per_s"), ("accuracy", "accuracy")):
+                values[column] = mean_of([cell_value(results, g.tag, method, d, shots, metric)
+                                          for d in g.datasets])
+        else:
+            continue
+        rows.append({"row": prow.get("paper_row", method), "method": method, "shots": shots,
+                     "stage": stage, "values": values, "published": prow})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "" if x is None else f"{x:.{digits}f}"
+
+
+def table_records(grid: Grid, rows: list[dict]) -> list[dict]:
+    """Long form: one record per (row, column) with measured, published and their difference."""
+    records = []
+    for r in rows:
+        for column, v in r["values"].items():
+            pub = r["published"].get(column)
+            records.append({"table": grid.table.name, "row": r["row"], "method": r["method"],
+                            "shots": r["shots"], "stage": r["stage"] or "", "column": column,
+                            "measured": v.value, "published": pub,
+                            "difference": (v.value - pub) if v.value is not None and pub is not None else None,
+                            "status": "measured" if v.value is not None else (v.note or "not measured")})
+    return records
+
+
+def render_markdown(grid: Grid, rows: list[dict], seeds: list[int]) -> str:
+    table = grid.table
+    columns = [c for c in published_columns(table.name) if any(c in r["values"] for r in rows)]
+    lines = [f"# {table.name}: {table.title}", "",
+             f"Each cell: measured (mean over seeds {', '.join(map(str, seeds))}) / published "
+             "(difference). Published numbers: LORE paper, ACM MM 2024.", "",
+             "| Row | Shots | " + " | ".join(columns) + " |", "|---|---:|" + "---:|" * len(columns)]
+    for r in rows:
+        label = r["row"]
+        cells = []
+        for c in columns:
+            v, pub = r["values"].get(c, Value()), r["published"].get(c)
+            if v.value is None:
+                text = v.note or "—"
+                if pub is not None:
+                    text += f" / {_fmt(pub)}"
+            else:
+                text = _fmt(v.value) + (f" / {_fmt(pub)} ({v.value - pub:+.2f})" if pub is not None else "")
+                if v.note:
+                    text += f" [{v.note}]"
+            cells.append(text)
+        lines.append(f"| {label} | {r['shots']} | " + " | ".join(cells) + " |")
+    if table.layout == "stages":
+        lines += ["", "Gain h - e of the average:"]
+        by = {(r["method"], r["shots"], r["stage"]): r for r in rows}
+        for (m, k, s), r in by.items():
+            if s == "h" and (m, k, "e") in by:
+                e, h = by[(m, k, "e")]["values"]["average"], r["values"]["average"]
+                pub = (r["published"].get("average") or 0) - (by[(m, k, "e")]["published"].get("average") or 0)
+                gain = _fmt(h.value - e.value) if h.value is not None and e.value is not None else "—"
+                lines.append(f"- {m} {k}/stage: measured {gain}, published {pub:+.2f}")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(grid: Grid, rows: list[dict], out: Path, results: dict) -> None:
+    records = table_records(grid, rows)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(records[0]) if records else ["table"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    atomic_write_text(out / "table.csv", buf.getvalue())
+    atomic_write_text(out / "table.md", render_markdown(grid, rows, grid.seeds))
+    atomic_write_json(out / "table.json", {
+        "table": grid.table.name, "records": records,
+        "runs": [{"group": k[0], "method": k[1], "dataset": k[2], "shots": k[3], "seed": k[4],
+                  "status": v["status"], "error": v.get("error"),
+                  "test_acc1": (v.get("final") or {}).get("test_acc1")} for k, v in results.items()]})

@@ -31,6 +31,9 @@ class TrainConfig:
     backbone_args: str | None = opt(None, "key=value,... passed to timm.create_model")
     # data
     data: str | None = opt(None, "dataset root (or split/CSV file)")
+    dataset: str | None = opt(None, "one of the paper's datasets (cifar10, cifar100, imagenet, dtd, aircraft, "
+                              "dogs, flowers, cars, eurosat, ucf101, resisc45, patternnet): --data is then "
+                              "its folder as distributed (--format ignored); LORE's template defaults to its own")
     format: str = opt("imagefolder", "dataset format", ["imagefolder", "vpt-json", "coop-split", "csv"])
     classnames: str | None = opt(None, "file with one class name per line (or JSON list)")
     image_dir: str | None = opt(None, "directory the dataset's relative image paths start from")

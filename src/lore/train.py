@@ -24,6 +24,8 @@ from . import config as config_mod
 from .backbone import clip_logits
 from .checkpoint import load_train_state, save_model, save_train_state
 from .config import TrainConfig
+from .data.catalog import knowledge_template, load_paper_dataset
+from .data.datasets import Splits
 from .data import (EpochBatchSampler, ImageDataset, ShardedSampler, eval_transform, few_shot_indices,
                    first_per_class, load_dataset, train_transform)
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
@@ -143,7 +145,7 @@ def dry_run(cfg: TrainConfig) -> dict:
     """Parameter and GFLOPs summary without data or pre-trained weights."""
     num_classes = cfg.num_classes
     if num_classes is None:
-        num_classes = len(load_dataset(cfg.data, cfg.format, cfg.classnames, cfg.image_dir).classnames)
+        num_classes = len(load_data(cfg).classnames)
     knowledge = None
     if cfg.method in ("zeroshot", "coop", "clip-adapter", "tip-adapter", "tip-adapter-f"):
         knowledge = torch.randn(num_classes, cfg.knowledge_dim)
@@ -173,7 +175,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     out = Path(cfg.out)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=False)
-    data = load_dataset(cfg.data, cfg.format, cfg.classnames, cfg.image_dir, cfg.holdout)
+    data = load_data(cfg)
     classnames = data.classnames
     train_all = data.get("train")
     test = data.splits.get("test") or data.get("val")
@@ -237,6 +239,13 @@ def _refuse_overwrite(out: Path) -> None:
                         f"with --resume {out}")
 
 
+def load_data(cfg: TrainConfig) -> Splits:
+    """The run's dataset: a paper dataset as distributed (--dataset), else --data in --format."""
+    if cfg.dataset:
+        return load_paper_dataset(cfg.dataset, cfg.data)
+    return load_dataset(cfg.data, cfg.format, cfg.classnames, cfg.image_dir, cfg.holdout)
+
+
 def _knowledge(ctx: Context, classnames: list[str]) -> torch.Tensor | None:
     cfg = ctx.cfg
     if cfg.method == "lore" and not cfg.kp:
@@ -244,6 +253,8 @@ def _knowledge(ctx: Context, classnames: list[str]) -> torch.Tensor | None:
     torch.manual_seed(cfg.seed)  # a random-init text tower (tests) encodes the same on every run
     spec = cfg.knowledge or default_knowledge_spec(cfg.backbone)
     template = cfg.template if cfg.method == "lore" or cfg.template else ZEROSHOT_TEMPLATE
+    if template is None and cfg.dataset:  # LORE: the reference's knowledge sentence for the dataset
+        template = knowledge_template(cfg.dataset)
     return _rank0_cached(ctx, "knowledge.safetensors", spec, classnames, read_templates(template))
 
 

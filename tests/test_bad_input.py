@@ -22,7 +22,9 @@ TRAIN = ["train", "--method", "linear", *TINY_BACKBONE, "--epochs", "1", "--batc
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    # .lock only records the pid of the last process that held the run's lock
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +159,187 @@ CASES = {
                              ".json"),
     "DAVIS annotation PNG malformed": (
         lambda w: ["vos", "--root", _davis_bad_png(w), "--short-side", 64, *MODEL_ARGS], 2, "00000.png"),
+    # ---- issue 15, item 3: names read from dataset files stay inside their root
+    "DAVIS sequence name escapes the root": (
+        lambda w: ["vos", "--root", _davis_escape(w), "--short-side", 64, *MODEL_ARGS], 2, "val.txt, line 2"),
+    "SPair image name escapes the root": (
+        lambda w: ["correspond", "--root", _spair_escape(w), "--imsize", 64, *MODEL_ARGS], 2, "leads outside"),
+    "Oxford image name escapes the root": (
+        lambda w: ["retrieval", "--dataset", "roxford5k", "--root", _oxford_escape(w), "--imsize", 32,
+                   *MODEL_ARGS], 2, "imlist[2]"),
+    # ---- item 4: analysis commands never replace a run's own files
+    "attention figure whose side file is the run's model.json": (
+        lambda w: ["attention", "--run", w["run"], "--n", 2, "--out", w["run"] / "model.png"], 2, "model.json"),
+    "locality output onto the run's final.json": (
+        lambda w: ["locality", "--run", w["run"], "--n", 2, "--out", w["run"] / "final.json"], 2, "final.json"),
+    "report output onto the run's final.json": (
+        lambda w: ["report", w["run"], "--out", w["run"] / "final.json"], 2, "final.json"),
+    "task results into a run directory": (
+        lambda w: ["vos", "--root", _davis(w), "--short-side", 64, *MODEL_ARGS, "--out", w["run"]], 2,
+        "training run's directory"),
+    "attention figure with a text suffix": (
+        lambda w: ["attention", "--run", w["run"], "--n", 2, "--out", w["base"] / "fig.txt"], 2, ".png"),
+    "locality output is a directory": (
+        lambda w: ["locality", "--run", w["run"], "--n", 2, "--out", w["base"]], 2, "is a directory"),
+    # ---- item 7: one error line (exit 2) instead of a traceback
+    "img-size not a multiple of the patch (train)": (
+        lambda w: [*TRAIN, "--data", w["colors"], "--img-size", 36], 2, "not a multiple of the backbone's patch"),
+    "img-size not a multiple of the patch (attention)": (
+        lambda w: ["attention", "--run", w["run"], "--n", 2, "--img-size", 36, "--out", w["base"] / "a.png"], 2,
+        "not a multiple"),
+    "img-size not a multiple of the patch (locality)": (
+        lambda w: ["locality", "--run", w["run"], "--n", 2, "--img-size", 36, "--out", w["base"] / "l.json"], 2,
+        "not a multiple"),
+    "img-size not a multiple of the patch (bench)": (lambda w: [*BENCH, "--img-size", 36], 2, "not a multiple"),
+    "train --out is an existing file": (lambda w: [*TRAIN, "--data", w["colors"], "--out", _file(w)], 2, "is a file"),
+    "eval --out is an existing file": (lambda w: ["eval", "--run", w["run"], "--out", _file(w)], 2, "is a file"),
+    "dry-run --out is an existing file": (
+        lambda w: ["train", "--dry-run", "--num-classes", 3, *TINY_BACKBONE, "--out", _file(w)], 2, "is a file"),
+    "bench --out is an existing file": (lambda w: [*BENCH, "--out", _file(w)], 2, "is a file"),
+    "sweep --out is an existing file": (
+        lambda w: ["sweep", "--methods", "linear", "--datasets", f"c={w['colors']}", "--shots", 1, "--seeds", 1,
+                   *TINY_BACKBONE, "--epochs", 1, "--out", _file(w)], 2, "afile"),
+    "train --out on a read-only place": (lambda w: [*TRAIN, "--data", w["colors"], "--out", READ_ONLY], 2,
+                                         "cannot write"),
+    "eval --out on a read-only place": (lambda w: ["eval", "--run", w["run"], "--out", READ_ONLY], 2, "cannot write"),
+    "locality --out on a read-only place": (
+        lambda w: ["locality", "--run", w["run"], "--n", 2, "--out", READ_ONLY / "l.json"], 2, "cannot write"),
+    "report --out on a read-only place": (lambda w: ["report", w["run"], "--out", READ_ONLY / "r.html"], 2,
+                                          "cannot write"),
+    "retrieval --out on a read-only place": (
+        lambda w: ["retrieval", "--dataset", "roxford5k", "--root", _oxford(w), "--imsize", 32, *MODEL_ARGS,
+                   "--out", READ_ONLY], 2, "cannot write"),
+    "vos --out on a read-only place": (
+        lambda w: ["vos", "--root", _davis(w), "--short-side", 64, *MODEL_ARGS, "--out", READ_ONLY], 2,
+        "cannot write"),
+    "negative momentum": (lambda w: [*TRAIN, "--data", w["colors"], "--momentum", -3], 2, "--momentum"),
+    "learning rate NaN": (lambda w: [*TRAIN, "--data", w["colors"], "--lr", "nan"], 2, "--lr must be a finite"),
+    "YAML epochs: ten": (lambda w: [*TRAIN_NO_EPOCHS, "--data", w["colors"], "--config", _yaml(w, "epochs: ten\n")],
+                         2, "--epochs must be an integer"),
+    "YAML epochs: 1.5": (lambda w: [*TRAIN_NO_EPOCHS, "--data", w["colors"], "--config", _yaml(w, "epochs: 1.5\n")],
+                         2, "--epochs must be a whole number"),
+    "YAML lr: 1e-3 works": (lambda w: [*TRAIN, "--data", w["colors"], "--config", _yaml(w, "lr: 1e-3\nmin_lr: 1e-5\n")],
+                            0, ""),
+    "binary YAML file": (lambda w: [*TRAIN, "--data", w["colors"], "--config", _yaml(w, b"\x89PNG\r\n\x1a\n\xff")], 2,
+                         "not a valid UTF-8 YAML"),
+    "CSV with a short row": (lambda w: [*TRAIN, "--data", _csv(w, "short", "path,label\n{img}\n"), "--format", "csv"],
+                             2, "line 2"),
+    "CSV with only a header": (lambda w: [*TRAIN, "--data", _csv(w, "header", "path,label\n"), "--format", "csv"], 2,
+                               "list no images"),
+    "CSV not UTF-8": (lambda w: [*TRAIN, "--data", _csv(w, "latin", b"path,label\n\xff\xfe.png,1\n"), "--format",
+                                 "csv"], 2, "not a UTF-8"),
+    "decompression-bomb image": (lambda w: [*TRAIN, "--data", _with_image(w, "bomb", _bomb)], 2, "decompression bomb"),
+    "eval --batch-size 0": (lambda w: ["eval", "--run", w["run"], "--batch-size", 0], 2, "--batch-size"),
+    "eval --workers -2": (lambda w: ["eval", "--run", w["run"], "--workers", -2], 2, "--workers"),
+    "bench --threads -2": (lambda w: [*BENCH, "--threads", -2], 2, "--threads"),
+    # ---- item 8: the ground-truth pickle
+    "gnd pickle that is a text file": (
+        lambda w: ["retrieval", "--dataset", "roxford5k", "--root", _oxford_text(w), "--imsize", 32, *MODEL_ARGS], 2,
+        "not a pickle"),
+    "gnd pickle of 2^40 shared leaves": (
+        lambda w: ["retrieval", "--dataset", "roxford5k", "--root", _oxford_bomb(w), "--imsize", 32, *MODEL_ARGS], 2,
+        "expands to more than"),
+    # ---- item 2
+    "batch size 1 with a BatchNorm White Box": (
+        lambda w: [*TRAIN, "--data", w["colors"], "--method", "lore", "--knowledge", f"file:{_knowledge_rows(w, 4)}",
+                   "--batch-size", 1, "--shots", 1], 2, "--batch-size 1"),
 }
+
+READ_ONLY = Path("/sys/lore-read-only-check")  # /sys refuses new files, even to root
+TRAIN_NO_EPOCHS = ["train", "--method", "linear", *TINY_BACKBONE, "--batch-size", "8"]
+BENCH = ["bench", "--backbone", "vit_small_patch16_224", "--backbone-args", TINY_BACKBONE[4], "--img-size", 32,
+         "--batch", 2, "--methods", "b-b", "--repeats", 1, "--warmup", 0, "--device", "cpu"]
+
+
+def _file(w) -> Path:
+    f = w["base"] / "afile"
+    f.write_text("not a folder\n")
+    return f
+
+
+def _yaml(w, content: str | bytes) -> Path:
+    f = w["base"] / f"cfg_{hashlib.sha256(content if isinstance(content, bytes) else content.encode()).hexdigest()[:8]}.yaml"
+    f.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return f
+
+
+def _csv(w, name: str, content: str | bytes) -> Path:
+    f = w["base"] / f"{name}.csv"
+    if isinstance(content, str):
+        content = content.format(img=next((w["colors"] / "train" / "red").iterdir())).encode()
+    f.write_bytes(content)
+    return f
+
+
+def _bomb(p):
+    """A valid PNG header announcing 20000 x 20000 pixels (the data need not be there: PIL refuses
+    it from the header)."""
+    import struct
+    import zlib
+
+    Image.fromarray(np.zeros((4, 4), np.uint8), "L").save(p)
+    data = bytearray(p.read_bytes())
+    ihdr = data[12:29]  # b"IHDR" + 13 bytes
+    ihdr[4:12] = struct.pack(">II", 20000, 20000)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
+    p.write_bytes(bytes(data))
+
+
+def _davis(w) -> Path:
+    root = w["base"] / "davis_ok"
+    return root if root.exists() else make_davis(root)
+
+
+def _davis_escape(w) -> Path:
+    root = w["base"] / "davis_escape"
+    if not root.exists():
+        make_davis(root)
+        outside = w["base"] / "outside_seq"  # a real sequence folder, reachable only through '..'
+        shutil.copytree(root / "JPEGImages" / "480p" / "still", outside)
+        (root / "ImageSets" / "2017" / "val.txt").write_text("still\n../../../outside_seq\n")
+    return root
+
+
+def _spair_escape(w) -> Path:
+    root = make_spair(w["base"] / "spair_escape")
+    f = next((root / "PairAnnotation" / "test").glob("*.json"))
+    record = json.loads(f.read_text())
+    record["src_imname"] = "../../../../etc/hostname"
+    f.write_text(json.dumps(record))
+    return root
+
+
+def _oxford(w) -> Path:
+    root = w["base"] / "ox_ok"
+    return root if root.exists() else make_oxford(root)
+
+
+def _oxford_escape(w) -> Path:
+    import pickle
+    root = make_oxford(w["base"] / "ox_escape")
+    gnd_file = root / "roxford5k" / "gnd_roxford5k.pkl"
+    gnd = pickle.loads(gnd_file.read_bytes())
+    gnd["imlist"][2] = "../../../../etc/hostname"
+    gnd_file.write_bytes(pickle.dumps(gnd))
+    return root
+
+
+def _oxford_text(w) -> Path:
+    root = make_oxford(w["base"] / "ox_text")
+    (root / "roxford5k" / "gnd_roxford5k.pkl").write_text("imlist: db_0\nqimlist: q_0\n")
+    return root
+
+
+def _oxford_bomb(w) -> Path:
+    import pickle
+    root = make_oxford(w["base"] / "ox_bomb")
+    leaf: list = [0]
+    for _ in range(40):
+        leaf = [leaf, leaf]
+    (root / "roxford5k" / "gnd_roxford5k.pkl").write_bytes(
+        pickle.dumps({"imlist": leaf, "qimlist": leaf, "gnd": leaf}, protocol=2))
+    return root
 
 
 def _copy_renamed(w) -> Path:
@@ -187,3 +369,254 @@ def test_bad_input_case(case, world, tmp_path, capsys):
         final = json.loads((tmp_path / "out" / "final.json").read_text())
         assert final["test_samples"] > 0
     assert _snapshot(world["run"]) == before  # nothing that existed was touched
+
+
+# ============================================================================ issue 15, item 1
+# One writer per run: a second process is refused while the first holds the run's lock.
+
+HOLD_LOCK = "import sys; from lore.lock import acquire; acquire(sys.argv[1]); sys.stdin.read()"
+
+
+def _start_holder(run_dir: Path):
+    """A real second process that takes the run's lock and keeps it until its stdin closes; returns
+    once the lock file names it (the lock is taken before the pid is written)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], stdin=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    lock = run_dir / ".lock"
+    deadline = time.monotonic() + 120
+    while not (lock.is_file() and lock.read_text().strip() == str(proc.pid)):
+        assert proc.poll() is None, "the lock holder exited"
+        assert time.monotonic() < deadline, "the lock holder never took the lock"
+        time.sleep(0.02)
+    return proc
+
+
+def test_second_writer_is_refused_and_the_lock_dies_with_its_holder(colors, tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = _start_holder(run)
+    try:
+        # a real second `lore train` process
+        cmd = [sys.executable, "-m", "lore", *map(str, TRAIN), "--data", str(colors), "--out", str(run)]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 2, res.stderr[-2000:]
+        errors = [ln for ln in res.stderr.splitlines() if ln.startswith("lore: error:")]
+        assert len(errors) == 1 and "in use by another lore process" in errors[0]
+        assert f"pid {holder.pid}" in errors[0] and "Traceback" not in res.stderr
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing written
+        # --resume of a locked run, and a sweep cell that is locked: refused, the sweep goes on
+        (run / "config.yaml").write_text("method: linear\n")
+        assert lore_cli("train", "--resume", run) == 2
+        assert "--resume" in capsys.readouterr().err
+        sweep = tmp_path / "sweep"
+        cell = sweep / "c" / "linear" / "1shot" / "seed1"
+        cell.mkdir(parents=True)
+        cell_holder = _start_holder(cell)
+        try:
+            code = lore_cli("sweep", "--methods", "linear", "--datasets", f"c={colors}", "--shots", 1,
+                            "--seeds", "1,2", *TINY_BACKBONE, "--epochs", 1, "--batch-size", 4, "--out", sweep)
+        finally:
+            cell_holder.stdin.close()
+            cell_holder.wait(timeout=60)
+        assert code == 2
+        table = json.loads((sweep / "table.json").read_text())
+        runs = table["cells"][0]["runs"]
+        assert [r["status"] for r in runs] == ["failed", "done"]
+        assert "in use by another lore process" in runs[0]["error"]
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a crash: the kernel releases the lock
+        holder.wait(timeout=60)
+    assert lore_cli(*TRAIN, "--data", colors, "--out", run) == 0
+    assert json.loads((run / "final.json").read_text())["test_samples"] > 0
+
+
+# ============================================================================ issue 15, item 2
+# A last batch of one image is folded into the batch before it.
+
+@pytest.mark.parametrize("n,batch,world,sizes", [(13, 4, 1, [4, 4, 5]), (9, 4, 1, [4, 5]), (12, 4, 1, [4, 4, 4]),
+                                                 (14, 4, 1, [4, 4, 4, 2]), (13, 4, 2, [4, 4, 5]),
+                                                 (15, 4, 2, [4, 4, 7]), (3, 4, 1, [3]), (1, 1, 1, [])])
+def test_last_batch_of_one_is_folded(n, batch, world, sizes):
+    from lore.data.sampling import EpochBatchSampler
+
+    ranks = [EpochBatchSampler(n, batch, 7, 3, rank, world) for rank in range(world)]
+    assert ranks[0].steps() == len(sizes)
+    assert [ranks[0].global_batch(s) for s in range(len(sizes))] == sizes
+    per_rank = [list(r) for r in ranks]
+    for step, size in enumerate(sizes):
+        shares = [len(b[step]) for b in per_rank]
+        assert sum(shares) == size and min(shares) >= 2  # BatchNorm never sees one image
+    seen = sorted(i for b in per_rank for batch_ in b for i, _ in batch_)
+    assert seen == (list(range(n)) if sizes else [])  # every image every epoch
+    # a resumed epoch continues with exactly the batches the uninterrupted one had left
+    for rank, full in zip(range(world), per_rank):
+        assert list(EpochBatchSampler(n, batch, 7, 3, rank, world, start_step=1)) == full[1:]
+
+
+def test_lore_trains_when_the_last_batch_holds_one_image(colors, knowledge_file, tmp_path):
+    # 4 classes x 1 shot at batch 3: batches of 3 and 1 -> one batch of 4 (BatchNorm crashed before)
+    out = tmp_path / "run"
+    assert lore_cli("train", "--method", "lore", *TINY_BACKBONE, "--data", colors, "--out", out, "--shots", 1,
+                    "--knowledge", f"file:{_knowledge_rows({'base': tmp_path}, 4)}", "--batch-size", 3,
+                    "--epochs", 2) == 0
+    assert [json.loads(ln)["epoch"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_sweep_marks_a_failing_cell_and_goes_on(colors, tmp_path, capsys):
+    k = _knowledge_rows({"base": tmp_path}, 4)
+    code = lore_cli("sweep", "--methods", "lore,linear", "--datasets", f"c={colors}", "--shots", 1, "--seeds", 1,
+                    *TINY_BACKBONE, "--epochs", 1, "--batch-size", 1, "--knowledge", f"file:{k}",
+                    "--out", tmp_path / "sweep")
+    assert code == 2
+    table = json.loads((tmp_path / "sweep" / "table.json").read_text())
+    status = {r["method"]: r["runs"][0]["status"] for r in table["cells"]}
+    assert status == {"lore": "failed", "linear": "done"}
+    assert "--batch-size 1" in table["failed"][0]["error"]
+
+
+# ============================================================================ issue 15, item 5 and 6
+
+
+def test_run_stores_absolute_paths_and_eval_elsewhere_reads_them(colors, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    shutil.copytree(colors, work / "data")
+    _copy_renamed({"colors": colors, "base": elsewhere})  # another data/ with other classes
+    (elsewhere / "renamed").rename(elsewhere / "data")
+    monkeypatch.chdir(work)
+    assert lore_cli(*TRAIN, "--data", "data", "--out", "run") == 0
+    saved = yaml.safe_load((work / "run" / "config.yaml").read_text())
+    assert saved["data"] == str(work / "data") and saved["out"] == str(work / "run")
+    assert json.loads((work / "run" / "model.json").read_text())["data"] == str(work / "data")
+    expected = json.loads((work / "run" / "final.json").read_text())["test_acc1"]
+    monkeypatch.chdir(elsewhere)
+    assert lore_cli("eval", "--run", work / "run", "--workers", 0) == 0
+    result = json.loads((work / "run" / "eval_test.json").read_text())
+    assert result["data"] == str(work / "data") and result["acc1"] == pytest.approx(expected)
+    # the other folder's data, asked for explicitly, are refused by their class list
+    assert lore_cli("eval", "--run", work / "run", "--data", "data", "--workers", 0) == 2
+    assert "do not match" in capsys.readouterr().err
+
+
+def test_rejected_sweep_rerun_leaves_the_finished_table(colors, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    args = ["sweep", "--methods", "linear", "--datasets", f"c={colors}", "--shots", 1, "--seeds", 1,
+            *TINY_BACKBONE, "--epochs", 1, "--batch-size", 4, "--out", sweep]
+    assert lore_cli(*args) == 0
+    before = _snapshot(sweep)
+    assert lore_cli(*args, "--lr", "0.01") == 2
+    assert "was run with other options" in capsys.readouterr().err
+    assert _snapshot(sweep) == before
+
+
+# ============================================================================ issue 15, items 7 and 8
+
+
+def test_yaml_values_are_read_as_meant(colors, tmp_path):
+    import yaml
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text('lr: 1e-3\nmin_lr: 1e-5\nkp: "no"\nepochs: 1.0\nwd: 0\n')
+    out = tmp_path / "run"
+    assert lore_cli(*TRAIN_NO_EPOCHS, "--data", colors, "--config", cfg, "--out", out) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["lr"] == 1e-3 and saved["min_lr"] == 1e-5 and saved["kp"] is False
+    assert saved["epochs"] == 1 and isinstance(saved["epochs"], int) and saved["wd"] == 0.0
+
+
+def test_default_workers_do_not_exceed_the_cores():
+    import os
+
+    from lore.config import TrainConfig
+    from lore.values import default_workers
+
+    assert TrainConfig().workers == default_workers() == min(4, len(os.sched_getaffinity(0)))
+
+
+def test_disk_full_while_saving_names_the_file_and_keeps_the_previous(tmp_path):
+    import errno
+
+    from lore.errors import LoreError
+    from lore.io import atomic_save
+
+    target = tmp_path / "checkpoints" / "main-step-00000004.safetensors"
+    target.parent.mkdir()
+    target.write_bytes(b"previous")
+
+    def full(tmp: str) -> None:
+        Path(tmp).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(LoreError, match=r"main-step-00000004\.safetensors: No space left.*intact"):
+        atomic_save(target, full)
+    assert target.read_bytes() == b"previous"
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no temporary left
+
+
+def test_checkpoints_are_readable_by_others(tmp_path):
+    import os
+
+    from safetensors.torch import save_file
+    import torch
+
+    from lore.io import atomic_save
+
+    umask = os.umask(0o022)
+    try:
+        path = atomic_save(tmp_path / "c.safetensors", lambda tmp: save_file({"x": torch.zeros(2)}, tmp))
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_valid_ground_truth_pickles_load_in_every_protocol(protocol, tmp_path):
+    import pickle
+
+    from lore.io import load_pickle_safe
+
+    value = {"imlist": ["a", "b"], "gnd": [{"easy": np.array([], np.int64), "hard": np.arange(3),
+                                            "junk": np.zeros((0, 4)), "bbx": np.array([1.5, 2.0, 3.0, 4.0])}]}
+    f = tmp_path / "gnd.pkl"
+    f.write_bytes(pickle.dumps(value, protocol=protocol))
+    loaded = load_pickle_safe(f)
+    for key, arr in value["gnd"][0].items():
+        assert np.array_equal(loaded["gnd"][0][key], arr) and loaded["gnd"][0][key].dtype == arr.dtype
+    assert loaded["imlist"] == ["a", "b"]
+
+
+def test_unpickler_refuses_expansion_bombs_quickly(tmp_path):
+    import pickle
+    import time
+
+    from lore.errors import LoreError
+    from lore.io import load_pickle_safe
+
+    leaf: list = [0]
+    for _ in range(40):
+        leaf = [leaf, leaf]
+    f = tmp_path / "bomb.pkl"
+    f.write_bytes(pickle.dumps({"gnd": leaf}, protocol=2))
+    assert f.stat().st_size < 1000
+    start = time.process_time()
+    with pytest.raises(LoreError, match="expands to more than"):
+        load_pickle_safe(f)
+    assert time.process_time() - start < 5
+    cyclic: list = []
+    cyclic.append(cyclic)
+    f.write_bytes(pickle.dumps(cyclic))
+    with pytest.raises(LoreError, match="expands to more than"):
+        load_pickle_safe(f)
+    f.write_bytes(b"\x80\x02c__builtin__\nbytes\nJ\x00\x00\x00\x40\x85R.")  # bytes(2**30)
+    with pytest.raises(LoreError, match="refused"):
+        load_pickle_safe(f)

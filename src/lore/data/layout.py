@@ -21,8 +21,8 @@ def locate(name: str, root: Path, relative: str, nests: tuple[str, ...] = ("",))
         if path.exists():
             return path
     where = ", ".join(str(p.parent) for p in tried)
-    raise LoreError(f"{name}: expected {relative} (looked in {where}); is --data the folder the "
-                    f"dataset was extracted to?")
+    raise LoreError(f"{name}: expected {relative} (looked in {where}); is that the folder the "
+                    "dataset was extracted to?")
 
 
 def require_files(name: str, split: str, samples: list[Sample], listed_in: Path) -> None:

@@ -24,7 +24,7 @@ from . import config as config_mod
 from .backbone import clip_logits
 from .checkpoint import load_train_state, save_model, save_train_state
 from .config import TrainConfig
-from .data.catalog import knowledge_template, load_paper_dataset
+from .data.catalog import knowledge_template, load_paper_dataset, zeroshot_templates
 from .data.datasets import Splits
 from .data import (EpochBatchSampler, ImageDataset, ShardedSampler, eval_transform, few_shot_indices,
                    first_per_class, load_dataset, train_transform)
@@ -255,7 +255,10 @@ def _knowledge(ctx: Context, classnames: list[str]) -> torch.Tensor | None:
     template = cfg.template if cfg.method == "lore" or cfg.template else ZEROSHOT_TEMPLATE
     if template is None and cfg.dataset:  # LORE: the reference's knowledge sentence for the dataset
         template = knowledge_template(cfg.dataset)
-    return _rank0_cached(ctx, "knowledge.safetensors", spec, classnames, read_templates(template))
+    templates = read_templates(template)
+    if cfg.dataset and not cfg.template and cfg.method != "lore":  # its published zero-shot templates
+        templates = zeroshot_templates(cfg.dataset)
+    return _rank0_cached(ctx, "knowledge.safetensors", spec, classnames, templates)
 
 
 def _rank0_cached(ctx: Context, name: str, spec: str, classnames: list[str], templates: list[str]) -> torch.Tensor:

@@ -234,6 +234,19 @@ def test_data_check_prints_sizes_and_exits_by_match(fake_root, capsys, monkeypat
     assert lore_cli("data", "check", "svhn", "--root", fake_root) == 2
 
 
+def test_knowledge_templates_follow_the_dataset(monkeypatch):
+    from types import SimpleNamespace
+
+    import lore.train as train_mod
+    from lore.config import TrainConfig
+    seen = []
+    monkeypatch.setattr(train_mod, "_rank0_cached", lambda ctx, name, spec, names, templates: seen.append(templates))
+    for method, template in (("lore", None), ("zeroshot", None), ("zeroshot", "a {}."), ("lore", "the {}.")):
+        cfg = TrainConfig(method=method, dataset="dtd", knowledge="ngram:8", template=template)
+        train_mod._knowledge(SimpleNamespace(cfg=cfg), ["banded"])
+    assert seen == [["This is a photo of a {}."], ["{} texture."], ["a {}."], ["the {}."]]
+
+
 def test_train_with_dataset_reads_it_as_distributed(fake_root, tmp_path, monkeypatch):
     import lore.train as train_mod
     seen = {}

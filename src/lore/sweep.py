@@ -220,24 +220,30 @@ def _option_value(text: str):
     return value if isinstance(value, (str, int, float, bool)) or value is None else text
 
 
-def cell_config(cell: Cell, out: Path, base: dict, recipe_backbone: str | None = None) -> TrainConfig:
+def cell_config(cell: Cell, out: Path, base: dict, recipe_backbone: str | None = None,
+                shots_cap: int | None = None) -> TrainConfig:
     """The cell's options: defaults < recipe (``--recipe``) < ``base`` < the dataset's own options <
-    the grid (method, data, shots, seed, out). A 0-shot cell trains on no sampled subset (zero-shot)."""
+    the grid (method, data, shots, seed, out). A 0-shot cell trains on no sampled subset (zero-shot).
+
+    ``recipe_backbone`` / ``shots_cap``: smoke runs on a stand-in backbone and tiny data keep the
+    recipe of the cell's real backbone and shot count while training on at most ``shots_cap``."""
     from .recipes import apply_recipe
 
+    shots = min(cell.shots, shots_cap) if cell.shots and shots_cap else cell.shots
     values = {**base, **dict(cell.dataset.options), "method": cell.method, "data": cell.dataset.path,
-              "format": cell.dataset.format, "shots": cell.shots or None, "seed": cell.seed,
+              "format": cell.dataset.format, "shots": shots or None, "seed": cell.seed,
               "out": str(cell.run_dir(out)), "resume": None, "dry_run": False}
     values.update(METHOD_ALIASES.get(cell.method, {}))
-    values = apply_recipe(values, recipe_backbone)
+    values = apply_recipe(values, recipe_backbone, recipe_shots=cell.shots or None)
     return config_mod.make(values, source="lore sweep")
 
 
-def run_cell(cell: Cell, out: Path, base: dict, recipe_backbone: str | None = None) -> tuple[dict, str]:
+def run_cell(cell: Cell, out: Path, base: dict, recipe_backbone: str | None = None,
+             shots_cap: int | None = None) -> tuple[dict, str]:
     """(final.json of the cell, how it was obtained: 'skipped', 'resumed' or 'ran')."""
     from .train import run as train_run
 
-    cfg = cell_config(cell, out, base, recipe_backbone)
+    cfg = cell_config(cell, out, base, recipe_backbone, shots_cap)
     run_dir = cell.run_dir(out)
     if (run_dir / "final.json").is_file():
         _check_same_recipe(run_dir, cfg)

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", default="1993", help="comma-separated seeds (default: 1993, the reference's)")
     parser.add_argument("--methods", help="comma-separated: only these methods of the table")
     parser.add_argument("--datasets", help="comma-separated: only these datasets of the table")
+    parser.add_argument("--shots-cap", type=int, help="train on at most N images per class (smoke runs on "
+                        "tiny copies; the table's shot count still picks the recipe and the row)")
     parser.add_argument("--plan", action="store_true", help="print the grid and a cost estimate, run nothing")
     parser.add_argument("--bench", help="with --plan: also estimate from this `lore bench` result (bench.json)")
     parser.add_argument("--no-measure", dest="measure", action="store_false",
@@ -66,7 +68,9 @@ def main(args: argparse.Namespace) -> dict:
     if args.bench:
         raise LoreError("--bench is read by --plan only")
     out.mkdir(parents=True, exist_ok=True)
-    results = run_grid(grid, root, out, base)
+    if args.shots_cap is not None and args.shots_cap < 1:
+        raise LoreError(f"--shots-cap must be >= 1, got {args.shots_cap}")
+    results = run_grid(grid, root, out, base, args.shots_cap)
     if table.layout == "tasks":
         from .tasks import run_tasks, task_rows
         rows = task_rows(grid, run_tasks(grid, results, root, out, base))

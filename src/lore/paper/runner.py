@@ -55,7 +55,8 @@ def cells(grid: Grid, data_root: Path) -> list[tuple[Group, Cell]]:
     return out
 
 
-def run_grid(grid: Grid, data_root: Path, out: Path, base: dict) -> dict[tuple, dict]:
+def run_grid(grid: Grid, data_root: Path, out: Path, base: dict,
+             shots_cap: int | None = None) -> dict[tuple, dict]:
     """Every cell's result: {"status": done | failed | missing, "final": ..., "error": ...}."""
     from ..data.catalog import missing
 
@@ -73,7 +74,8 @@ def run_grid(grid: Grid, data_root: Path, out: Path, base: dict) -> dict[tuple, 
         values.setdefault("backbone", group.backbone)
         started = time.time()
         try:
-            final, how = run_cell(cell, out / "runs" / group.tag, values, recipe_backbone=group.backbone)
+            final, how = run_cell(cell, out / "runs" / group.tag, values, recipe_backbone=group.backbone,
+                                  shots_cap=shots_cap)
             results[key] = {"status": "done", "final": final}
             print(f"{prefix} {how}, test top-1 {100 * final['test_acc1']:.2f} ({time.time() - started:.1f} s)",
                   file=sys.stderr)
@@ -118,7 +120,8 @@ def cell_value(results: dict, tag: str, method: str, dataset: str, shots: int,
     done = [v for v in done if v is not None]
     if not done:
         first = next((r for r in runs if r["status"] != "done"), runs[0])
-        return Value(note=first.get("error") or "no value")
+        error = first.get("error") or "no value"
+        return Value(note=error if error.startswith("not run:") else f"failed: {error}")
     note = "" if len(done) == len(runs) else f"{len(done)}/{len(runs)} seeds"
     return Value(statistics.fmean(done), note)
 
@@ -156,7 +159,9 @@ def measured_rows(grid: Grid, results: dict) -> list[dict]:
                 values[d] = (cell_value(results, g.tag, method, d, shots, metric) if d in g.datasets
                              else Value(note="not in this grid"))
             in_grid = [values[d] for d in g.datasets]
-            values["average"] = mean_of(in_grid) if prow.get("average") is not None else Value()
+            values["average"] = mean_of(in_grid)
+            if values["average"].value is not None and len(in_grid) < len(columns) - 1:
+                values["average"].note = f"over {len(in_grid)} of {len(columns) - 1}"
         elif layout == "groups":
             g = _group_of(grid, method, shots)
             if g is None:
@@ -208,28 +213,36 @@ def table_records(grid: Grid, rows: list[dict]) -> list[dict]:
     return records
 
 
+def _cell_text(v: Value, pub: float | None, notes: list[str]) -> str:
+    """measured / published (difference); a failure is numbered and explained under the table."""
+    if v.value is not None:
+        text = _fmt(v.value) + (f" / {_fmt(pub)} ({v.value - pub:+.2f})" if pub is not None else "")
+        return text + (f" [{v.note}]" if v.note else "")
+    if v.note.startswith("failed"):
+        if v.note not in notes:
+            notes.append(v.note)
+        text = f"failed [{notes.index(v.note) + 1}]"
+    elif v.note == "not in this grid" or not v.note:
+        text = "—"
+    else:
+        text = v.note
+    return text + (f" / {_fmt(pub)}" if pub is not None else "")
+
+
 def render_markdown(grid: Grid, rows: list[dict], seeds: list[int]) -> str:
     table = grid.table
     columns = [c for c in published_columns(table.name) if any(c in r["values"] for r in rows)]
+    notes: list[str] = []
     lines = [f"# {table.name}: {table.title}", "",
              f"Each cell: measured (mean over seeds {', '.join(map(str, seeds))}) / published "
              "(difference). Published numbers: LORE paper, ACM MM 2024.", "",
              "| Row | Shots | " + " | ".join(columns) + " |", "|---|---:|" + "---:|" * len(columns)]
     for r in rows:
         label = r["row"]
-        cells = []
-        for c in columns:
-            v, pub = r["values"].get(c, Value()), r["published"].get(c)
-            if v.value is None:
-                text = v.note or "—"
-                if pub is not None:
-                    text += f" / {_fmt(pub)}"
-            else:
-                text = _fmt(v.value) + (f" / {_fmt(pub)} ({v.value - pub:+.2f})" if pub is not None else "")
-                if v.note:
-                    text += f" [{v.note}]"
-            cells.append(text)
-        lines.append(f"| {label} | {r['shots']} | " + " | ".join(cells) + " |")
+        cells = [_cell_text(r["values"].get(c, Value()), r["published"].get(c), notes) for c in columns]
+        stage = f"-{r['stage']}" if r["stage"] else ""
+        lines.append(f"| {label}{stage if not label.endswith(stage) else ''} | {r['shots']} | "
+                     + " | ".join(cells) + " |")
     if table.layout == "stages":
         lines += ["", "Gain h - e of the average:"]
         by = {(r["method"], r["shots"], r["stage"]): r for r in rows}
@@ -239,6 +252,8 @@ def render_markdown(grid: Grid, rows: list[dict], seeds: list[int]) -> str:
                 pub = (r["published"].get("average") or 0) - (by[(m, k, "e")]["published"].get("average") or 0)
                 gain = _fmt(h.value - e.value) if h.value is not None and e.value is not None else "—"
                 lines.append(f"- {m} {k}/stage: measured {gain}, published {pub:+.2f}")
+    if notes:
+        lines += ["", "Failed runs:"] + [f"{i}. {n[len('failed: '):]}" for i, n in enumerate(notes, 1)]
     return "\n".join(lines) + "\n"
 
 

@@ -98,11 +98,11 @@ def lookup(dataset: str, method: str, backbone: str, shots: int | None,
     return values
 
 
-def apply_recipe(values: dict, recipe_backbone: str | None = None) -> dict:
+def apply_recipe(values: dict, recipe_backbone: str | None = None, recipe_shots: int | None = None) -> dict:
     """``values`` (from ``--config`` and explicit flags) over the named recipe; unchanged without one.
 
-    ``recipe_backbone`` picks the recipe of another backbone than the one trained (tests and smoke
-    runs on a tiny stand-in backbone)."""
+    ``recipe_backbone`` / ``recipe_shots`` pick the recipe of another backbone / shot count than the
+    one trained (smoke runs on a tiny stand-in backbone and tiny data)."""
     from ..config import TrainConfig
 
     name = values.get("recipe")
@@ -115,10 +115,10 @@ def apply_recipe(values: dict, recipe_backbone: str | None = None) -> dict:
     dataset = get("dataset")
     if not dataset:
         raise LoreError("--recipe paper needs --dataset NAME (the recipes are per dataset)")
-    if get("curriculum") != "easy-to-hard" and get("method") != "zeroshot" and not get("shots"):
+    shots = recipe_shots or get("shots")
+    if get("method") != "zeroshot" and not shots:
         raise LoreError("--recipe paper needs --shots N (the recipes are per shot count: 16 or 8)")
-    recipe = lookup(dataset, get("method"), recipe_backbone or get("backbone"), get("shots"),
-                    get("curriculum"))
+    recipe = lookup(dataset, get("method"), recipe_backbone or get("backbone"), shots, get("curriculum"))
     unknown = sorted(set(recipe) - set(defaults) - META_KEYS)
     if unknown:
         raise LoreError(f"recipe for {dataset} / {get('method')}: option(s) {unknown} are not known to "

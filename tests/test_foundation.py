@@ -24,7 +24,7 @@ from lore.models import build_model
 
 @pytest.mark.parametrize("name,args", [
     ("vit_small_patch16_224", TINY),
-    ("vit_base_patch16_clip_224", TINY + ",num_classes=32"),  # CLIP: pre-norm + projection head
+    ("vit_base_patch16_clip_quickgelu_224.openai", TINY + ",num_classes=32"),  # CLIP: pre-norm + projection head
     ("vit_small_patch14_reg4_dinov2", "img_size=28,depth=2,embed_dim=64,num_heads=2"),  # registers
 ])
 def test_zero_prompt_features_equal_timm(name, args):

@@ -58,7 +58,7 @@ def test_sweep_runs_the_grid_records_failures_and_resumes(tmp_path: Path, capsys
     config.write_text(json.dumps(TINY_CLIP))
     data = write_imagefolder(tmp_path / "colors", n_train=4, n_test=3)
     out = tmp_path / "sweep"
-    options = ["--shots", "2", "--seeds", "1,2", "--out", str(out), "--backbone", "vit_base_patch16_clip_224",
+    options = ["--shots", "2", "--seeds", "1,2", "--out", str(out), "--backbone", "vit_base_patch16_clip_quickgelu_224.openai",
                "--no-pretrained", "--backbone-args", BACKBONE_ARGS, "--knowledge", f"clip:{config}/none",
                "--batch-size", "4", "--img-size", "32", "--workers", "0", "--device", "cpu"]
     common = [*options, "--epochs", "1"]

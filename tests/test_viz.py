@@ -357,7 +357,7 @@ def write_json(path: Path, obj: dict) -> None:
 
 def fake_study(root: Path) -> Path:
     """Runs of several methods and tasks, as lore writes them (only the files the report reads)."""
-    bb = "vit_base_patch16_clip_224.openai"
+    bb = "vit_base_patch16_clip_quickgelu_224.openai"
     for name, method, ds, acc, seed in (("vpt_f", "vpt-deep", "/d/flowers102", 0.50, 1),
                                         ("lore_f1", "lore", "/d/flowers102", 0.75, 1),
                                         ("lore_f2", "lore", "/d/flowers102", 0.85, 2),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from .errors import LoreError
+from .values import check_patch_multiple
 from .io import state_dict_mismatch
 
 log = logging.getLogger(__name__)
@@ -54,10 +56,42 @@ class BlackBoxOutput:
         return self.patches.shape[1], self.patches.shape[2]
 
 
-def is_clip_name(name: str) -> bool:
-    """timm CLIP image towers keep their image projection as ``head`` (``*_clip_*`` names)."""
-    arch, _, tag = name.partition(".")
-    return "clip" in arch and "ft" not in tag and "in1k" not in tag and "in12k" not in tag
+# pre-trained tags of timm CLIP architectures whose head is an ImageNet classifier, not the projection
+_FINE_TUNED_MARKS = ("ft", "in1k", "in12k", "in21k", "in22k")
+
+
+def resolved_tag(name: str) -> str:
+    """The pre-trained tag timm uses for ``name`` (a bare name resolves to the default tag)."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # a tag timm does not know (lore.pretrained names, typos)
+        cfg = None
+    return (cfg.tag if cfg is not None else None) or name.partition(".")[2]
+
+
+def has_clip_projection(name: str) -> bool:
+    """Do these weights end in CLIP's image projection (a head into the joint text space)?
+
+    Decided on the tag timm resolves, not on the name alone: a bare ``vit_base_patch16_clip_224``
+    is an ImageNet fine-tuned classifier with a 1000-way head."""
+    tag = resolved_tag(name)
+    return "_clip_" in name.partition(".")[0] and not any(mark in tag for mark in _FINE_TUNED_MARKS)
+
+
+def pretrained_crop_pct(name: str) -> float:
+    """The test-time crop fraction of the backbone's pre-trained config (timm's default if unknown)."""
+    cfg = timm.models.get_pretrained_cfg(name) or timm.models.get_pretrained_cfg(name.partition(".")[0])
+    return float(cfg.crop_pct) if cfg is not None and cfg.crop_pct else timm.data.DEFAULT_CROP_PCT
+
+
+def quickgelu_name(name: str) -> str | None:
+    """The QuickGELU twin of an OpenAI CLIP timm name built with GELU, else None.
+
+    OpenAI trained its CLIP towers with QuickGELU; timm's plain ``*_clip_*`` models use GELU."""
+    arch = name.partition(".")[0]
+    if "_clip_" not in arch or "quickgelu" in arch or resolved_tag(name) != "openai":
+        return None
+    return arch.replace("_clip_", "_clip_quickgelu_", 1) + ".openai"
 
 
 def parse_backbone_args(spec: str | dict | None) -> dict:
@@ -114,7 +148,12 @@ def create_vit(
     _check_name(name)
     kwargs = dict(dynamic_img_size=True)
     kwargs.update(backbone_args or {})
-    if not is_clip_name(name):
+    twin = quickgelu_name(name)
+    if twin:
+        warnings.warn(f"backbone {name} runs the OpenAI CLIP weights with GELU, but they were "
+                      f"trained with QuickGELU; use {twin} to reproduce CLIP's (and the paper's) "
+                      "results", UserWarning, stacklevel=2)
+    if not has_clip_projection(name):
         kwargs.setdefault("num_classes", 0)
     from . import pretrained as offline  # names built from other sources than the timm hub
     try:
@@ -199,7 +238,7 @@ class BlackBox(nn.Module):
         super().__init__()
         self.vit = vit
         self.name = name
-        self.is_clip = is_clip_name(name) and isinstance(vit.head, nn.Linear)
+        self.is_clip = has_clip_projection(name) and isinstance(vit.head, nn.Linear)
         self.trainable = trainable
         self.vit.requires_grad_(trainable)
         if not trainable:
@@ -243,6 +282,7 @@ class BlackBox(nn.Module):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """E0: the patch projection of the pixels, (B, h, w, D), no position embedding."""
+        check_patch_multiple(images.shape[-2:], self.patch_size)
         e0 = self.vit.patch_embed(images)
         if e0.ndim == 3:  # fixed-size timm models return (B, N, D)
             h, w = self.vit.patch_embed.grid_size

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from .errors import LoreError
+from .values import default_workers, typed
 
 
 def opt(default, help: str, choices=None, short=None):
@@ -25,7 +26,8 @@ class TrainConfig:
     # what to train
     method: str = opt("lore", "linear | vpt-shallow | vpt-deep | full | zeroshot | lore | coop | "
                       "clip-adapter | tip-adapter | tip-adapter-f | cocoop | prograd | maple")
-    backbone: str = opt("vit_base_patch16_clip_224.openai", "timm model name (optionally .pretrained_tag)")
+    backbone: str = opt("vit_base_patch16_clip_quickgelu_224.openai",
+                         "timm model name (optionally .pretrained_tag); OpenAI CLIP: the *_quickgelu_* models")
     pretrained: bool = opt(True, "load the backbone's pre-trained weights from the hub")
     checkpoint: str | None = opt(None, "local backbone weights (.safetensors/.pth/.npz) of the same architecture")
     backbone_args: str | None = opt(None, "key=value,... passed to timm.create_model")
@@ -52,12 +54,20 @@ class TrainConfig:
     img_size: int = opt(224, "training / test image size")
     aug: str = opt("rrc-flip", "training augmentation: RandomResizedCrop + flip (paper), flip only, or none",
                    ["rrc-flip", "flip", "none"])
+    crop_pct: float | None = opt(None, "test-time center-crop fraction: Resize(img_size / crop_pct) + "
+                                 "CenterCrop(img_size) (default: 1.0 for CLIP as the reference, else the "
+                                 "backbone's own)")
+    lr_schedule: str = opt("epoch", "cosine learning rate stepped once per epoch (reference) or every step",
+                           ["epoch", "step"])
+    bn_mode: str = opt("train", "White Box BatchNorm/dropout mode while training: proper train mode, or the "
+                       "reference code's (eval mode from epoch 2 on: running statistics of epoch 1, no "
+                       "dropout; all of stage h)", ["train", "reference"])
     val_every: int = opt(0, "evaluate on the val split every N epochs (0: never)")
     warmup_epochs: int = opt(0, "epochs at the constant --warmup-lr before the cosine schedule (CoOp-style)")
     warmup_lr: float = opt(1e-5, "learning rate during the warm-up epochs")
     # execution
     device: str = opt("auto", "cpu | cuda | cuda:N | auto")
-    workers: int = opt(4, "data-loading worker processes")
+    workers: int = opt(default_workers(), "data-loading worker processes (at most the machine's cores)")
     amp: str = opt("auto", "mixed precision on CUDA", ["auto", "bf16", "fp16", "none"])
     compile: bool = opt(False, "torch.compile the training step")
     deterministic: bool = opt(False, "deterministic algorithms (bit-identical reruns and resumes)")
@@ -79,11 +89,13 @@ class TrainConfig:
     kla_topn: int = opt(9, "KLA keeps the top-N scores per class")
     kla_variant: str = opt("code", "KLA form", ["code", "paper"])
     bottleneck: int = opt(32, "prompt-generator bottleneck width r")
-    negative: str | None = opt(None, "source of the wrong class p (default: zeroshot for CLIP, else model)",
+    negative: str | None = opt(None, "source of the wrong class p (default: zeroshot when the backbone has a "
+                               "CLIP text tower, else model)",
                                ["zeroshot", "model", "none"])
     knowledge_dim: int = opt(512, "knowledge width for --dry-run without --knowledge")
     curriculum: str = opt("none", "training curriculum", ["none", "easy-to-hard"])
-    stage_h_lr: float = opt(5e-4, "initial learning rate of the easy-to-hard 'hard' stage")
+    stage_h_lr: float = opt(5e-4, "initial learning rate of the easy-to-hard 'hard' stage (cosine to --min-lr)")
+    stage_h_epochs: int = opt(5, "epochs of the easy-to-hard 'hard' stage (a fresh SGD)")
     # CLIP baselines
     coop_ctx: int = opt(16, "CoOp: learnable context tokens")
     coop_csc: bool = opt(False, "CoOp: class-specific context")
@@ -98,7 +110,7 @@ class TrainConfig:
 
 INT_RANGES = {"epochs": 0, "batch_size": 1, "img_size": 8, "workers": 0, "keep_last": 1, "save_every": 0,
               "local_prompts": 0, "lin_blocks": 0, "lin_k": 1, "kla_topn": 1, "bottleneck": 1,
-              "val_every": 0, "coop_ctx": 1, "cocoop_ctx": 1, "maple_ctx": 1, "maple_depth": 1, "warmup_epochs": 0}
+              "val_every": 0, "coop_ctx": 1, "cocoop_ctx": 1, "maple_ctx": 1, "maple_depth": 1, "stage_h_epochs": 1, "warmup_epochs": 0}
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -107,6 +119,8 @@ def validate(cfg: TrainConfig) -> None:
             raise LoreError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(cfg, name)}")
     if cfg.lr <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
         raise LoreError(f"--lr must be > 0 and --min-lr in [0, lr]; got lr={cfg.lr}, min-lr={cfg.min_lr}")
+    if cfg.crop_pct is not None and not 0 < cfg.crop_pct <= 1:
+        raise LoreError(f"--crop-pct must be in (0, 1], got {cfg.crop_pct}")
     if cfg.wd < 0:
         raise LoreError(f"--wd must be >= 0, got {cfg.wd}")
     if cfg.global_prompts is not None and cfg.global_prompts < 0:
@@ -159,12 +173,12 @@ def load_yaml(path: str) -> dict:
     if not p.is_file():
         raise LoreError(f"--config {path}: file not found")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise LoreError(f"--config {path}: not valid YAML ({e})") from None
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise LoreError(f"--config {path}: not a valid UTF-8 YAML file ({e})") from None
     if not isinstance(data, dict):
         raise LoreError(f"--config {path}: expected a mapping of option: value")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
 def make(values: dict, source: str = "config") -> TrainConfig:
@@ -172,7 +186,7 @@ def make(values: dict, source: str = "config") -> TrainConfig:
     unknown = sorted(set(values) - known)
     if unknown:
         raise LoreError(f"{source}: unknown option(s) {unknown}")
-    cfg = TrainConfig(**values)
+    cfg = TrainConfig(**typed(values, fields(TrainConfig), source))
     for f in fields(TrainConfig):
         choices = f.metadata["choices"]
         if choices and getattr(cfg, f.name) is not None and getattr(cfg, f.name) not in choices:

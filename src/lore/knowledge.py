@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -29,24 +30,48 @@ from .io import atomic_save
 
 DEFAULT_TEMPLATE = "This is a photo of a {}."
 ZEROSHOT_TEMPLATE = "a photo of a {}."
+# the reference computes LORE's wrong class p with this template (no full stop)
+NEGATIVE_TEMPLATE = "a photo of a {}"
 
-# timm CLIP image towers -> the open_clip model holding the matching text tower
-_TIMM_TO_OPEN_CLIP = {
-    "vit_base_patch16_clip_224.openai": "ViT-B-16/openai",
-    "vit_base_patch32_clip_224.openai": "ViT-B-32/openai",
-    "vit_large_patch14_clip_224.openai": "ViT-L-14/openai",
-    "vit_large_patch14_clip_336.openai": "ViT-L-14-336/openai",
-    "vit_base_patch16_clip_224.laion2b": "ViT-B-16/laion2b_s34b_b88k",
-    "vit_base_patch32_clip_224.laion2b": "ViT-B-32/laion2b_s34b_b79k",
-    "vit_large_patch14_clip_224.laion2b": "ViT-L-14/laion2b_s32b_b82k",
-}
-DEFAULT_KNOWLEDGE = "clip:ViT-B-16/openai"
+# OpenAI CLIP towers were trained with QuickGELU: open_clip's ``-quickgelu`` models build them so.
+DEFAULT_KNOWLEDGE = "clip:ViT-B-16-quickgelu/openai"
+# open_clip's tags for the LAION-2B weights timm calls ``laion2b``
+_LAION2B = {"ViT-B-16": "laion2b_s34b_b88k", "ViT-B-32": "laion2b_s34b_b79k",
+            "ViT-L-14": "laion2b_s32b_b82k", "ViT-H-14": "laion2b_s32b_b79k"}
+_CLIP_ARCH = re.compile(r"^vit_(base|large|huge)_patch(\d+)_clip_(quickgelu_)?(\d+)$")
+_SIZES = {"base": "B", "large": "L", "huge": "H"}
+
+
+def clip_text_tower(backbone: str) -> str | None:
+    """The open_clip ``MODEL/TAG`` whose text tower belongs to a timm CLIP image tower, else None.
+
+    Image and text tower always match: a ``*_clip_quickgelu_*`` image tower gets the
+    ``-quickgelu`` text tower, a GELU one the GELU text tower, B/32 and L/14 their own."""
+    from .backbone import has_clip_projection, resolved_tag
+
+    arch = backbone.partition(".")[0]
+    m = _CLIP_ARCH.match(arch)
+    if m is None or not has_clip_projection(backbone):
+        return None
+    size, patch, quick, res = m.groups()
+    name = f"ViT-{_SIZES[size]}-{patch}" + ("-336" if res == "336" else "")
+    tag = resolved_tag(backbone)
+    if tag == "openai":
+        return f"{name}{'-quickgelu' if quick else ''}/openai"
+    if tag == "laion2b" and name in _LAION2B and not quick:
+        return f"{name}/{_LAION2B[name]}"
+    return None
 
 
 def default_knowledge_spec(backbone: str) -> str:
-    """The backbone's own text tower for CLIP backbones, CLIP ViT-B/16's otherwise."""
-    name = backbone if "." in backbone else backbone + ".openai"
-    return "clip:" + _TIMM_TO_OPEN_CLIP.get(name, DEFAULT_KNOWLEDGE.split(":", 1)[1])
+    """The backbone's own text tower for CLIP backbones, CLIP ViT-B/16's (QuickGELU) otherwise."""
+    from .backbone import has_clip_projection
+
+    tower = clip_text_tower(backbone)
+    if tower is None and has_clip_projection(backbone):
+        raise LoreError(f"no known open_clip text tower for the CLIP backbone {backbone}; pass "
+                        "--knowledge clip:MODEL/TAG naming its text tower")
+    return "clip:" + tower if tower else DEFAULT_KNOWLEDGE
 
 
 def read_templates(template: str | None) -> list[str]:

@@ -8,6 +8,7 @@ tensors only) + ``model.json`` (how to rebuild), ``fewshot.json`` (the chosen tr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -15,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import config as config_mod
@@ -26,18 +27,19 @@ from .checkpoint import load_train_state, save_model, save_train_state
 from .config import TrainConfig
 from .data.catalog import knowledge_template, load_paper_dataset, zeroshot_templates
 from .data.datasets import Splits
+from .curriculum import select_easy, select_hard
 from .data import (EpochBatchSampler, ImageDataset, ShardedSampler, eval_transform, few_shot_indices,
-                   first_per_class, load_dataset, train_transform)
+                   load_dataset, train_transform)
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .errors import LoreError
-from .flops import count_gflops, count_params
+from .flops import GFLOPS_COUNT, count_gflops, count_params, parameter_shares, text_tower_params
 from .data.sampling import check_batch_for_norm
 from .io import absolute_paths, atomic_write_json, atomic_write_text, check_output_dir
-from .knowledge import (ZEROSHOT_TEMPLATE, cached_class_embeddings, default_knowledge_spec,
+from .knowledge import (NEGATIVE_TEMPLATE, ZEROSHOT_TEMPLATE, cached_class_embeddings, default_knowledge_spec,
                         read_templates)
 from .metrics import accuracy
 from .models import build_model
-from .models.coop import text_side_options, weightless
+from .models.coop import check_text_side, text_side_options, weightless
 from .lock import run_lock
 from .runs import resolve_device
 
@@ -70,6 +72,9 @@ def run(cfg: TrainConfig) -> dict:
         cfg = _resume_config(cfg)
     cfg = absolute_paths(cfg)
     config_mod.validate(cfg)
+    cfg = resolve_backbone_defaults(cfg)
+    if cfg.method in TEXT_SIDE_METHODS:
+        check_text_side(cfg)
     if cfg.out:
         check_output_dir(cfg.out, "--resume" if cfg.resume else "--out")
     info = init_distributed(resolve_device(cfg.device).type)
@@ -113,7 +118,7 @@ def build_from_config(cfg: TrainConfig, num_classes: int, knowledge: torch.Tenso
         options.update(global_prompts=cfg.global_prompts, local_prompts=cfg.local_prompts,
                        lin_blocks=cfg.lin_blocks, lin_k=cfg.lin_k, lin_variant=cfg.lin_variant,
                        kla_topn=cfg.kla_topn, kla_variant=cfg.kla_variant, bottleneck=cfg.bottleneck,
-                       kp=cfg.kp, kp_weight=cfg.kp_weight, negative=_negative(cfg, knowledge),
+                       kp=cfg.kp, kp_weight=cfg.kp_weight, negative=cfg.negative or "model",
                        knowledge_dim=None if knowledge is not None else cfg.knowledge_dim)
     elif cfg.method in TEXT_SIDE_METHODS:
         # these run the frozen CLIP text tower themselves; --dry-run builds it without weights
@@ -130,15 +135,41 @@ def build_from_config(cfg: TrainConfig, num_classes: int, knowledge: torch.Tenso
                        checkpoint=cfg.checkpoint, backbone_args=cfg.backbone_args, **options)
 
 
-def _negative(cfg: TrainConfig, knowledge: torch.Tensor | None) -> str:
-    if cfg.negative is not None:
-        return cfg.negative
-    return "zeroshot" if _is_clip(cfg) and cfg.knowledge is None else "model"
+def resolve_backbone_defaults(cfg: TrainConfig) -> TrainConfig:
+    """Fill the options whose default depends on the backbone, so config.yaml records the choice.
+
+    - ``negative`` (LORE's wrong class p): ``zeroshot`` when the backbone has a CLIP text tower,
+      whatever the knowledge source, else ``model``.
+    - ``crop_pct`` (test-time crop): 1.0 for CLIP, as the reference evaluates (Resize(224) +
+      CenterCrop(224)); otherwise the backbone's own pre-trained crop fraction.
+    """
+    from .backbone import has_clip_projection, pretrained_crop_pct
+
+    clip = has_clip_projection(cfg.backbone)
+    negative = cfg.negative
+    if negative is None and cfg.method == "lore":
+        negative = "zeroshot" if clip else "model"
+    crop_pct = cfg.crop_pct if cfg.crop_pct is not None else 1.0 if clip else pretrained_crop_pct(cfg.backbone)
+    return dataclasses.replace(cfg, negative=negative, crop_pct=crop_pct)
 
 
-def _is_clip(cfg: TrainConfig) -> bool:
-    from .backbone import is_clip_name
-    return is_clip_name(cfg.backbone)
+def text_tower_spec(cfg: TrainConfig) -> str:
+    """The CLIP text tower that belongs to the backbone (a ``clip:`` --knowledge names it explicitly)."""
+    knowledge = cfg.knowledge or ""
+    return knowledge if knowledge.startswith("clip:") else default_knowledge_spec(cfg.backbone)
+
+
+def _parameter_report(cfg: TrainConfig, model: nn.Module) -> dict:
+    text = text_tower_params(text_tower_spec(cfg)) if model.black_box.is_clip else None
+    return {**count_params(model), **parameter_shares(model, text)}
+
+
+def run_data_config(cfg: TrainConfig, black_box) -> dict:
+    """The backbone's mean / std / interpolation with the run's test-time crop fraction."""
+    data_config = dict(black_box.data_config)
+    if cfg.crop_pct is not None:
+        data_config["crop_pct"] = cfg.crop_pct
+    return data_config
 
 
 def dry_run(cfg: TrainConfig) -> dict:
@@ -150,16 +181,20 @@ def dry_run(cfg: TrainConfig) -> dict:
     if cfg.method in ("zeroshot", "coop", "clip-adapter", "tip-adapter", "tip-adapter-f"):
         knowledge = torch.randn(num_classes, cfg.knowledge_dim)
     model = build_from_config(cfg, num_classes, knowledge=knowledge, pretrained=False)
-    params = count_params(model)
+    params = _parameter_report(cfg, model)
     gflops = count_gflops(model, cfg.img_size)
     baseline = count_gflops(build_model("linear", model.black_box, num_classes), cfg.img_size)
     summary = {"method": cfg.method, "backbone": cfg.backbone, "num_classes": num_classes,
                "img_size": cfg.img_size, **params, "gflops": round(gflops, 4),
-               "gflops_backbone": round(baseline, 4), "gflops_ratio": round(gflops / baseline, 4)}
+               "gflops_backbone": round(baseline, 4), "gflops_ratio": round(gflops / baseline, 4),
+               "gflops_count": GFLOPS_COUNT}
     print(f"{cfg.method} on {cfg.backbone} ({num_classes} classes, {cfg.img_size}px)")
-    print(f"  trainable parameters: {params['trainable_params']:,} of {params['total_params']:,} "
-          f"({params['trainable_pct']:.2f}%)")
-    print(f"  inference GFLOPs/image: {gflops:.3f} (plain backbone {baseline:.3f}, ratio {gflops / baseline:.3f})")
+    print(f"  trainable parameters: {params['trainable_params']:,} "
+          f"({params['trainable_pct_image_tower']:.2f}% of image tower + trainable"
+          + (f", {params['trainable_pct_clip']:.2f}% of CLIP image + text towers + trainable"
+             if "trainable_pct_clip" in params else "") + ")")
+    print(f"  inference GFLOPs/image: {gflops:.3f} (plain backbone {baseline:.3f}, ratio {gflops / baseline:.3f}; "
+          f"{GFLOPS_COUNT})")
     if cfg.out:
         atomic_write_json(Path(cfg.out) / "model_summary.json", summary)
         print(f"  written: {Path(cfg.out) / 'model_summary.json'}")
@@ -185,23 +220,20 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         if not cfg.resume:
             _refuse_overwrite(out)
         atomic_write_text(out / "config.yaml", config_mod.to_yaml(cfg))
+        if cfg.method == "lore":
+            print(f"lore: wrong class p from {cfg.negative!r} (--negative); test crop fraction "
+                  f"{cfg.crop_pct} (--crop-pct)", file=sys.stderr)
     ctx = Context(cfg, info, device, out)
     knowledge = _knowledge(ctx, classnames) if cfg.method in KNOWLEDGE_METHODS else None
     model = build_from_config(cfg, len(classnames), knowledge, classnames=classnames).to(device)
-    ctx.data_config = dict(model.black_box.data_config)
+    ctx.data_config = run_data_config(cfg, model.black_box)
     recipe = {"backbone": cfg.backbone, "pretrained": cfg.pretrained, "checkpoint": cfg.checkpoint,
               "backbone_args": cfg.backbone_args, "backbone_init_seed": cfg.seed,
               "classnames": classnames, "img_size": cfg.img_size, "data": cfg.data}
     started = time.time()
     stages: dict[str, dict] = {}
     if cfg.curriculum == "easy-to-hard":
-        easy = _by_difficulty(ctx, model, train_all, classnames, hardest=False, use_prompts=False)
-        _record_selection(ctx, "fewshot_e.json", train_all, easy)
-        _fit(ctx, model, [train_all[i] for i in easy], cfg.lr, "e", val, knowledge, classnames)
-        stages["e"] = evaluate(ctx, model, test)
-        hard = _by_difficulty(ctx, model, train_all, classnames, hardest=True, use_prompts=True)
-        _record_selection(ctx, "fewshot_h.json", train_all, hard)
-        _fit(ctx, model, [train_all[i] for i in hard], cfg.stage_h_lr, "h", val, knowledge, classnames)
+        stages = _easy_to_hard(ctx, model, train_all, test, val, knowledge, classnames)
     else:
         chosen = list(range(len(train_all)))
         if cfg.shots:
@@ -215,11 +247,11 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     result = evaluate(ctx, model, test)
     final = {"method": cfg.method, "backbone": cfg.backbone, "dataset": cfg.data, "shots": cfg.shots,
              "seed": cfg.seed, "num_classes": len(classnames), "test_samples": result["n"],
-             "test_acc1": result["acc1"], "test_acc5": result["acc5"], **count_params(model),
-             "gflops": round(count_gflops(model, cfg.img_size, device), 4),
+             "test_acc1": result["acc1"], "test_acc5": result["acc5"], **_parameter_report(cfg, model),
+             "gflops": round(count_gflops(model, cfg.img_size, device), 4), "gflops_count": GFLOPS_COUNT,
              "seconds": round(train_seconds, 2), "images_per_s": result["images_per_s"]}
     if stages:
-        stages["h"] = result
+        stages.setdefault("h", result)
         final["stages"] = {k: {"test_acc1": v["acc1"], "test_acc5": v["acc5"]} for k, v in stages.items()}
     last = _last_metrics(out)
     for key in ("loss", "loss_task", "loss_kp"):
@@ -271,11 +303,11 @@ def _rank0_cached(ctx: Context, name: str, spec: str, classnames: list[str], tem
     return emb
 
 
-def _record_selection(ctx: Context, name: str, samples: list, chosen: list[int]) -> None:
+def _record_selection(ctx: Context, name: str, samples: list, chosen: list[int], **extra) -> None:
     if ctx.info.main:
         atomic_write_json(ctx.out / name, {"seed": ctx.cfg.seed, "shots": ctx.cfg.shots,
                                            "files": [samples[i][0] for i in chosen],
-                                           "labels": [samples[i][1] for i in chosen]})
+                                           "labels": [samples[i][1] for i in chosen], **extra})
 
 
 def _cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
@@ -302,9 +334,17 @@ class _Step(nn.Module):
 
 
 def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, val: list | None,
-         knowledge: torch.Tensor | None, classnames: list[str]) -> None:
+         knowledge: torch.Tensor | None, classnames: list[str], epochs: int | None = None,
+         negatives: torch.Tensor | None = None) -> None:
+    """Train on ``samples`` for ``epochs`` (default --epochs) with a fresh SGD from ``lr``.
+
+    ``negatives``: LORE's wrong class p per sample, fixed for the stage (easy-to-hard stage h: the
+    stage-e model's predictions); otherwise zero-shot CLIP's when --negative zeroshot."""
     cfg, info, device = ctx.cfg, ctx.info, ctx.device
-    if getattr(model, "negative", None) == "zeroshot" and knowledge is not None:
+    epochs = cfg.epochs if epochs is None else epochs
+    if negatives is not None:
+        model.set_negatives(negatives)
+    elif getattr(model, "negative", None) == "zeroshot" and knowledge is not None:
         model.set_negatives(_zero_shot_predictions(ctx, model, samples, classnames))
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -315,7 +355,7 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
     steps_per_epoch = EpochBatchSampler(len(samples), cfg.batch_size, cfg.seed, 0, info.rank, info.world).steps()
     if steps_per_epoch == 0:
         raise LoreError(f"{len(samples)} training images cannot fill a batch on {info.world} processes")
-    total = steps_per_epoch * cfg.epochs
+    total = steps_per_epoch * epochs
     counters = {"stage": stage, "epoch": 0, "step": 0, "global_step": 0, "sums": {}}
     ckpt_dir = ctx.out / "checkpoints"
     resumed = _latest_state(ckpt_dir, stage) if cfg.resume else None
@@ -334,8 +374,11 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
         step_fn = torch.compile(step_fn)
     amp = _amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    model.train()
-    for epoch in range(counters["epoch"], cfg.epochs):
+    for epoch in range(counters["epoch"], epochs):
+        # the reference evaluates with model.eval() after epoch 1 and never switches back (and its
+        # stage h starts after an eval-mode selection pass): --bn-mode reference reproduces that
+        frozen_norm = cfg.bn_mode == "reference" and (epoch > 0 or stage == "h")
+        model.train(not frozen_norm)
         sampler = EpochBatchSampler(len(samples), cfg.batch_size, cfg.seed, epoch + 1000 * (stage == "h"),
                                     info.rank, info.world, start_step=counters["step"])
         # an own generator: creating the iterator must not draw from the global RNG, or a resumed
@@ -345,14 +388,15 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
                                              generator=torch.Generator().manual_seed(cfg.seed + epoch))
         sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in counters["sums"].items()}
         epoch_start = time.time()
-        bar = tqdm(loader, desc=f"{stage} epoch {epoch + 1}/{cfg.epochs}", disable=not info.main or None,
+        bar = tqdm(loader, desc=f"{stage} epoch {epoch + 1}/{epochs}", disable=not info.main or None,
                    leave=False, dynamic_ncols=True, file=sys.stderr)
         for images, targets, index in bar:
             step = counters["step"]
             global_batch = sampler.global_batch(step)
-            cur_lr = _cosine_lr(counters["global_step"], total, lr, cfg.min_lr)
-            if stage != "h" and counters["global_step"] < steps_per_epoch * cfg.warmup_epochs:
-                cur_lr = cfg.warmup_lr  # constant warm-up as in CoOp (Dassl); the cosine keeps its length
+            if cfg.lr_schedule == "epoch":  # the reference steps its cosine schedule once per epoch
+                cur_lr = _cosine_lr(epoch, epochs, lr, cfg.min_lr)
+            else:
+                cur_lr = _cosine_lr(counters["global_step"], total, lr, cfg.min_lr)
             if stage != "h" and counters["global_step"] < steps_per_epoch * cfg.warmup_epochs:
                 cur_lr = cfg.warmup_lr  # constant warm-up as in CoOp (Dassl); the cosine keeps its length
             for g in optimizer.param_groups:
@@ -414,8 +458,9 @@ def _epoch_metrics(ctx: Context, model: nn.Module, sums: dict, epoch: int, stage
             line[k] = vec[k] / n
     line["train_acc"] = vec.get("correct", 0.0) / n
     if val and ctx.cfg.val_every and (epoch + 1) % ctx.cfg.val_every == 0:
+        mode = model.training
         line["val_acc"] = evaluate(ctx, model, val)["acc1"]
-        model.train()
+        model.train(mode)
     line["seconds"] = round(seconds, 3)
     return line
 
@@ -503,10 +548,14 @@ def evaluate(ctx: Context, model: nn.Module, samples: list) -> dict:
 
 
 @torch.no_grad()
-def _encode(ctx: Context, model: nn.Module, samples: list, use_prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled features (pre-head) and labels of ``samples`` in order (single process)."""
+def _encode(ctx: Context, model: nn.Module, samples: list, use_prompts: bool = False,
+            with_logits: bool = False) -> tuple[torch.Tensor, ...]:
+    """Pooled features (pre-head), labels (and, ``with_logits``, the model's logits) of ``samples``
+    in order (single process). Without prompts: the frozen backbone's features."""
+    from .models.base import AdaptedViT
+
     model.eval()
-    feats, labels = [], []
+    feats, labels, logits = [], [], []
     loader = torch.utils.data.DataLoader(ImageDataset(samples, eval_transform(ctx.cfg.img_size, ctx.data_config)),
                                          batch_size=ctx.cfg.batch_size, num_workers=ctx.cfg.workers)
     for images, targets, _ in tqdm(loader, desc="features", leave=False, disable=not ctx.info.main or None,
@@ -515,13 +564,18 @@ def _encode(ctx: Context, model: nn.Module, samples: list, use_prompts: bool = F
         out = model.features(images) if use_prompts else vars(model.black_box(images))
         feats.append(out["pooled"].float().cpu())
         labels.append(targets)
-    return torch.cat(feats), torch.cat(labels)
+        if with_logits:  # one pass: the plain AdaptedViT forward is head(pooled)
+            plain = type(model).forward is AdaptedViT.forward and use_prompts
+            logits.append((model.head(out["pooled"]) if plain else model(images)).float().cpu())
+    result = (torch.cat(feats), torch.cat(labels))
+    return result + (torch.cat(logits),) if with_logits else result
 
 
 def _zero_shot_predictions(ctx: Context, model: nn.Module, samples: list, classnames: list[str]) -> torch.Tensor:
-    """The frozen CLIP's zero-shot prediction for every training image (computed once)."""
-    spec = ctx.cfg.knowledge or default_knowledge_spec(ctx.cfg.backbone)
-    text = _rank0_cached(ctx, "zeroshot_text.safetensors", spec, classnames, [ZEROSHOT_TEMPLATE])
+    """The frozen CLIP's zero-shot prediction for every training image (computed once), with the
+    reference's template "a photo of a {}" and the run's test-time transform."""""
+    # the backbone's own text tower, whatever the knowledge source
+    text = _rank0_cached(ctx, "zeroshot_text.safetensors", text_tower_spec(ctx.cfg), classnames, [NEGATIVE_TEMPLATE])
     if text.shape[1] != model.black_box.out_dim:
         raise LoreError(f"--negative zeroshot: text embeddings are {text.shape[1]}-d but the image "
                         f"embedding is {model.black_box.out_dim}-d; use --negative model")
@@ -529,13 +583,28 @@ def _zero_shot_predictions(ctx: Context, model: nn.Module, samples: list, classn
     return clip_logits(feats, text).argmax(dim=-1)
 
 
-def _by_difficulty(ctx: Context, model: nn.Module, samples: list, classnames: list[str], hardest: bool,
-                   use_prompts: bool) -> list[int]:
-    """Indices of the N easiest (or hardest) images per class; difficulty = cosine distance of the
-    image's CLS feature to its class centroid."""
-    feats, labels = _encode(ctx, model, samples, use_prompts=use_prompts)
-    feats = F.normalize(feats, dim=-1)
-    centroids = F.normalize(torch.zeros(len(classnames), feats.shape[1]).index_add_(0, labels, feats), dim=-1)
-    distance = 1 - (feats * centroids[labels]).sum(-1)
-    key = -distance if hardest else distance
-    return first_per_class(labels.numpy(), key.numpy(), ctx.cfg.shots, classnames).tolist()
+def _easy_to_hard(ctx: Context, model: nn.Module, train_all: list, test: list, val: list | None,
+                  knowledge: torch.Tensor | None, classnames: list[str]) -> dict[str, dict]:
+    """The reference's two stages (see lore.curriculum); returns the stage-e test result."""
+    cfg = ctx.cfg
+    feats, labels = _encode(ctx, model, train_all)
+    easy = select_easy(feats, labels, cfg.shots, classnames).tolist()
+    _record_selection(ctx, "fewshot_e.json", train_all, easy)
+    _fit(ctx, model, [train_all[i] for i in easy], cfg.lr, "e", val, knowledge, classnames)
+    stages = {"e": evaluate(ctx, model, test)}
+    feats, labels, logits = _encode(ctx, model, train_all, use_prompts=True, with_logits=True)
+    predictions = logits.argmax(dim=-1)
+    hard = select_hard(feats, labels, predictions != labels, cfg.shots).tolist()
+    counts = np.bincount(labels[hard].numpy(), minlength=len(classnames))
+    short = {classnames[c]: int(counts[c]) for c in np.flatnonzero(counts < cfg.shots)}
+    if short:
+        ctx.log(f"stage h: {len(short)} class(es) have fewer than {cfg.shots} misclassified training "
+                f"images and train on what they have: {dict(list(short.items())[:5])}")
+    _record_selection(ctx, "fewshot_h.json", train_all, hard,
+                      short=short, predicted=predictions[hard].tolist())
+    if not hard:
+        ctx.log("stage h skipped: the stage-e model classifies every training image correctly")
+        return stages
+    _fit(ctx, model, [train_all[i] for i in hard], cfg.stage_h_lr, "h", val, knowledge, classnames,
+         epochs=cfg.stage_h_epochs, negatives=predictions[hard])
+    return stages

@@ -59,9 +59,14 @@ class LORE(AdaptedViT):
         return next(self.head.parameters()).device
 
     def white_box(self, e0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """E0 (B, h, w, D) -> (E^ (B, N, D), Y (B, D), locality prompts U (B, L, n_loc, D))."""
-        e_hat = self.lin(e0.flatten(1, 2))
-        y, u = self.pg(e_hat)
+        """E0 (B, h, w, D) -> (E^ (B, N, D), Y (B, D), locality prompts U (B, L, n_loc, D)).
+
+        Always float32, also under autocast (as the reference, whose White Box stays float32 beside a
+        half-precision CLIP): the kNN graph, and the Prompt Generator's last BatchNorm, which
+        normalises each output channel over the batch alone, amplify low-precision rounding."""
+        with torch.autocast(e0.device.type, enabled=False):
+            e_hat = self.lin(e0.flatten(1, 2).float())
+            y, u = self.pg(e_hat)
         return e_hat, y, u
 
     def _prompts(self, u: torch.Tensor) -> torch.Tensor:
@@ -83,20 +88,22 @@ class LORE(AdaptedViT):
             return task, logits, terms
         wrong = self._wrong_class(logits, index)
         rows = targets[:, None] if wrong is None else torch.stack([targets, wrong], dim=1)
-        protos, _ = self.kla.forward_rows(e_hat, self.knowledge[rows].to(e_hat.dtype),
-                                          grid_h=e0.shape[1])
+        with torch.autocast(e0.device.type, enabled=False):  # float32, like the rest of the White Box
+            protos, _ = self.kla.forward_rows(e_hat, self.knowledge[rows].float(), grid_h=e0.shape[1])
         kp = kp_loss(y.float(), protos[:, 0].float(), None if wrong is None else protos[:, 1].float(),
                      targets, wrong, reduction="none")
         terms["kp"] = kp.detach()
         return task + self.kp_weight * kp, logits, terms
 
     def _wrong_class(self, logits: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor | None:
+        """p: none; a fixed per-sample table when one was set (zero-shot CLIP, or easy-to-hard stage h's
+        stage-e predictions); else the current model's own prediction."""
         if self.negative == "none":
             return None
-        if self.negative == "zeroshot":
-            if self.negatives is None or index is None:
-                raise RuntimeError("negative='zeroshot' needs set_negatives() before training")
+        if self.negatives is not None and index is not None:
             return self.negatives[index]
+        if self.negative == "zeroshot":
+            raise RuntimeError("negative='zeroshot' needs set_negatives() before training")
         return logits.detach().argmax(dim=-1)
 
     def kla_attention(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:

@@ -74,7 +74,7 @@ def _eval_main(args: argparse.Namespace) -> dict:
     from .distributed import DistInfo
     from .io import atomic_write_json, check_output_dir
     from .runs import resolve_device
-    from .train import Context, evaluate
+    from .train import Context, evaluate, run_data_config
 
     run_dir = Path(args.run)
     out = check_output_dir(args.out or run_dir, "--out" if args.out else "--run")
@@ -95,7 +95,7 @@ def _eval_main(args: argparse.Namespace) -> dict:
                         f"{len(meta['classnames'])} the run was trained on (first differing: "
                         f"{_first_difference(data.classnames, meta['classnames'])}); pass the same "
                         "class list (--classnames)")
-    ctx = Context(cfg, DistInfo(), device, run_dir, dict(model.black_box.data_config))
+    ctx = Context(cfg, DistInfo(), device, run_dir, run_data_config(cfg, model.black_box))
     result = evaluate(ctx, model, data.get(args.split))
     result.update(split=args.split, data=str(data_path))
     print(f"{meta['method']} on {data_path} [{args.split}]: top-1 {result['acc1']:.4f}  "

@@ -41,7 +41,7 @@ def make_head(black_box: BlackBox, num_classes: int, knowledge: torch.Tensor | N
 def require_clip(black_box: BlackBox, method: str) -> None:
     if not black_box.is_clip:
         raise LoreError(f"--method {method} needs a CLIP backbone whose image embedding lives in the "
-                        f"text space (e.g. vit_base_patch16_clip_224.openai), got {black_box.name}")
+                        f"text space (e.g. vit_base_patch16_clip_quickgelu_224.openai), got {black_box.name}")
 
 
 def text_classifier(black_box: BlackBox, num_classes: int, knowledge: torch.Tensor | None) -> CosineHead:

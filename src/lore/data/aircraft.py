@@ -28,14 +28,13 @@ def _read(list_file: Path, images: Path, index: dict[str, int]) -> list[Sample]:
 def load_aircraft(root: Path) -> Splits:
     variants_file = locate("aircraft", root, "variants.txt", NESTS)
     base = variants_file.parent
-    variants = read_lines(variants_file)
-    if variants != catalog.class_keys("aircraft"):
-        raise LoreError(f"aircraft: {variants_file} does not list the 100 FGVC-Aircraft variants in "
-                        "their distributed order")
+    variants = read_lines(variants_file)  # label order and class names
+    if sorted(variants) != sorted(catalog.class_keys("aircraft")):
+        raise LoreError(f"aircraft: {variants_file} does not list the 100 FGVC-Aircraft variants")
     index = {v: i for i, v in enumerate(variants)}
     lists = {s: locate("aircraft", base, f"images_variant_{s}.txt") for s in ("train", "val", "test")}
     parts = {s: _read(f, base / "images", index) for s, f in lists.items()}
     for s, samples in parts.items():
         require_files("aircraft", s, samples, lists[s])
-    return Splits(catalog.classnames("aircraft"),
+    return Splits(variants,
                   {"train": parts["train"] + parts["val"], "val": parts["val"], "test": parts["test"]})

@@ -63,7 +63,9 @@ def _lines(kind: str, name: str) -> tuple[str, ...]:
 
 
 def classnames(name: str) -> list[str]:
-    """Readable class names in label order (what the class knowledge is computed from)."""
+    """Readable class names in label order (what the class knowledge is computed from). Readers
+    whose files name the classes (CIFAR meta, variants.txt, Dogs folders, CoOp JSON) use those
+    names, made readable, so a split file always agrees with its own labels."""
     return list(_lines("classnames", name))
 
 

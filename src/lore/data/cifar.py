@@ -110,7 +110,7 @@ def _load(name: str, root: Path) -> Splits:
     for line in (target / "labels.txt").read_text().splitlines():
         split, *ys = line.split()
         splits[split] = [(str(target / split / f"{i:05d}.png"), int(y)) for i, y in enumerate(ys)]
-    return Splits(shipped, splits)
+    return Splits([n.replace("_", " ") for n in names], splits)
 
 
 def load_cifar10(root: Path) -> Splits:

@@ -26,10 +26,13 @@ def load_coop(name: str, root: Path) -> Splits:
         raise LoreError(f"{name}: expected the image folder {image_dir}/ in {root} (the paths in "
                         f"{split_name} start there)")
     data = load_dataset(str(split_file), "coop-split", image_dir=image_dir or None)
-    names = catalog.classnames(name)
-    if len(data.classnames) > len(names):
+    shipped = catalog.classnames(name)
+    if len(data.classnames) > len(shipped):
         raise LoreError(f"{name}: {split_file} has labels up to {len(data.classnames) - 1}; "
-                        f"{name} has {len(names)} classes")
+                        f"{name} has {len(shipped)} classes")
+    # the split file's own class names go with its labels; shipped ones only fill labels it lacks
+    present = {y for samples in data.splits.values() for _, y in samples}
+    names = [data.classnames[i].replace("_", " ") if i in present else n for i, n in enumerate(shipped)]
     val = data.splits.get("val", [])
     splits = {"train": data.splits.get("train", []) + val, "val": val, "test": data.splits.get("test", [])}
     return Splits(names, {k: v for k, v in splits.items() if v})

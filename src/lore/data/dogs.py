@@ -36,8 +36,12 @@ def load_dogs(root: Path) -> Splits:
     images = root / "Images"
     if not images.is_dir():
         raise LoreError(f"dogs: expected the Images/ folder of images.tar in {root}")
-    names = catalog.classnames("dogs")
-    parts = {s: _read(m, images, len(names)) for s, m in mats.items()}
+    shipped = catalog.classnames("dogs")
+    parts = {s: _read(m, images, len(shipped)) for s, m in mats.items()}
     for s, samples in parts.items():
         require_files("dogs", s, samples, mats[s])
+    # a class's folder, <synset>-<breed>, names it; shipped names only fill labels with no file
+    folders = {y: Path(p).parent.name for samples in parts.values() for p, y in samples}
+    names = [folders[y].partition("-")[2].replace("_", " ") or shipped[y] if y in folders else shipped[y]
+             for y in range(len(shipped))]
     return Splits(names, parts)

@@ -266,3 +266,25 @@ def test_train_with_dataset_reads_it_as_distributed(fake_root, tmp_path, monkeyp
     assert seen["templates"] == ["a centered satellite photo of {}."]
     assert seen["classnames"] == catalog.classnames("eurosat")
     assert lore_cli("eval", "--run", out) == 0
+
+
+def test_list_files_may_not_lead_outside_the_dataset(fake_root, tmp_path):
+    copy = tmp_path / "dtd"
+    shutil.copytree(fake_root / "dtd", copy)
+    listing = copy / "dtd" / "labels" / "train1.txt"
+    listing.write_text("banded/../../../../etc/passwd\n" + listing.read_text())
+    with pytest.raises(LoreError, match="train1.txt, line 1: .* leads outside"):
+        catalog.load_paper_dataset("dtd", copy)
+
+
+def test_class_names_come_with_the_split_file(fake_root, tmp_path):
+    copy = tmp_path / "eurosat"
+    shutil.copytree(fake_root / "eurosat", copy)
+    split_file = copy / "split_zhou_EuroSAT.json"
+    split = json.loads(split_file.read_text())
+    for items in split.values():
+        for item in items:
+            item[2] = "Forest_Land" if item[1] == 1 else item[2]
+    split_file.write_text(json.dumps(split))
+    names = catalog.load_paper_dataset("eurosat", copy).classnames
+    assert names[1] == "Forest Land" and names[0] == catalog.classnames("eurosat")[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import LoreError
+from ..io import inside_root
 from . import catalog
 from .datasets import Sample, Splits
 from .layout import locate, read_lines, require_files
@@ -16,12 +17,12 @@ NESTS = ("data", "fgvc-aircraft-2013b/data", "")
 
 def _read(list_file: Path, images: Path, index: dict[str, int]) -> list[Sample]:
     samples = []
-    for line in read_lines(list_file):
+    for number, line in enumerate(read_lines(list_file), 1):
         image_id, _, variant = line.partition(" ")
         if variant not in index:
             raise LoreError(f"aircraft: {list_file} lists variant {variant!r}, which variants.txt "
                             "does not name")
-        samples.append((str(images / f"{image_id}.jpg"), index[variant]))
+        samples.append((str(inside_root(images, f"{image_id}.jpg", list_file, number)), index[variant]))
     return samples
 
 

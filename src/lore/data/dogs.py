@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LoreError
+from ..io import inside_root
 from . import catalog
 from .datasets import Sample, Splits
 from .layout import locate, require_files
@@ -28,7 +29,7 @@ def _read(mat: Path, images: Path, num_classes: int) -> list[Sample]:
     if len(files) != len(labels) or (len(labels) and not 0 <= labels.min() <= labels.max() < num_classes):
         raise LoreError(f"dogs: {mat} holds {len(files)} files and {len(labels)} labels in 1..{num_classes}: "
                         "they do not match")
-    return [(str(images / str(f)), int(y)) for f, y in zip(files, labels)]
+    return [(str(inside_root(images, str(f), mat)), int(y)) for f, y in zip(files, labels)]
 
 
 def load_dogs(root: Path) -> Splits:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import LoreError
+from ..io import inside_root
 from . import catalog
 from .datasets import Sample, Splits
 from .layout import locate, read_lines, require_files
@@ -15,11 +16,11 @@ NESTS = ("", "dtd")
 
 def _read(list_file: Path, images: Path, index: dict[str, int]) -> list[Sample]:
     samples = []
-    for line in read_lines(list_file):
+    for number, line in enumerate(read_lines(list_file), 1):
         cls = line.split("/", 1)[0]
         if cls not in index:
             raise LoreError(f"dtd: {list_file} lists {line}, whose class {cls!r} is not a DTD class")
-        samples.append((str(images / line), index[cls]))
+        samples.append((str(inside_root(images, line, list_file, number)), index[cls]))
     return samples
 
 

@@ -127,3 +127,57 @@ def test_sweep_rejects_unknown_methods(tmp_path: Path, capsys) -> None:
     rc = main(["sweep", "--methods", "lore,nope", "--datasets", f"x={tmp_path}", "--shots", "1",
                "--out", str(tmp_path / "o")])
     assert rc == 2 and "unknown ['nope']" in capsys.readouterr().err
+
+
+def test_parse_datasets_with_per_dataset_options() -> None:
+    got = parse_datasets("flowers=/r/flowers:dataset=flowers:wd=0.5,dtd=/r/d:t:coop-split:epochs=3:kp=false")
+    assert got == [Dataset("flowers", "/r/flowers", "imagefolder", (("dataset", "flowers"), ("wd", 0.5))),
+                   Dataset("dtd", "/r/d:t", "coop-split", (("epochs", 3), ("kp", False)))]
+    for bad in ("a=/x:nope=1", "a=/x:method=lore", "a=:wd=1"):
+        with pytest.raises(LoreError):
+            parse_datasets(bad)
+
+
+def test_cell_options_aliases_and_recipe_layering(tmp_path: Path) -> None:
+    from lore.sweep import cell_config
+
+    flowers = parse_datasets("flowers=/r/flowers:dataset=flowers:wd=0.25")[0]
+    base = {"recipe": "paper", "backbone": "vit_base_patch16_clip_quickgelu_224.openai", "epochs": 3}
+    cfg = cell_config(Cell(flowers, "lore-no-kp", 16, 1), tmp_path, base)
+    assert (cfg.method, cfg.kp, cfg.dataset, cfg.shots) == ("lore", False, "flowers", 16)
+    assert cfg.wd == 0.25 and cfg.epochs == 3 and cfg.lr == 0.003 and cfg.global_prompts == 8
+    assert cfg.out == str(tmp_path / "flowers" / "lore-no-kp" / "16shot" / "seed1")
+    # a stand-in backbone keeps the real one's recipe; --shots-cap trains on fewer images
+    small = cell_config(Cell(flowers, "coop", 16, 1), tmp_path, {**base, "backbone": "vit_small_patch16_224"},
+                        recipe_backbone="vit_base_patch16_clip_quickgelu_224.openai", shots_cap=2)
+    assert (small.shots, small.lr, small.warmup_epochs, small.batch_size) == (2, 0.002, 1, 32)
+    assert cell_config(Cell(flowers, "zeroshot", 0, 1), tmp_path, base).shots is None
+
+
+def _table(path: Path, method: str, datasets: list[str], acc: float) -> Path:
+    ds = [Dataset(d, f"/{d}") for d in datasets]
+    cells = [Cell(d, method, 16, 1) for d in ds]
+    table = summarise(path, cells, {c: {"status": "done", "test_acc1": acc} for c in cells}, [method], ds, [16], [1])
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "table.json").write_text(json.dumps(table))
+    return path
+
+
+def test_sweep_merge_joins_tables(tmp_path: Path, capsys) -> None:
+    a = _table(tmp_path / "a", "lore", ["x", "y"], 0.8)
+    b = _table(tmp_path / "b", "coop", ["x", "y"], 0.6)
+    c = _table(tmp_path / "c", "lore", ["z"], 0.5)
+    out = tmp_path / "merged"
+    assert main(["sweep", "merge", str(a), str(b), str(c), "--out", str(out)]) == 0
+    table = json.loads((out / "table.json").read_text())
+    assert table["methods"] == ["lore", "coop"] and [d["name"] for d in table["datasets"]] == ["x", "y", "z"]
+    average = {x["method"]: x["mean"] for x in table["average"]}
+    assert average["lore"] == pytest.approx((80 + 80 + 50) / 3) and average["coop"] is None  # coop lacks z
+    md = (out / "table.md").read_text()
+    assert "| lore | 80.00 ± 0.00 | 80.00 ± 0.00 | 50.00 ± 0.00 | 70.00 |" in md
+    assert "| coop | 60.00 ± 0.00 | 60.00 ± 0.00 | — | — |" in md
+    assert main(["sweep", "merge", str(a), str(a), "--out", str(tmp_path / "m2")]) == 2
+    assert "lore / x / 16-shot is in both" in capsys.readouterr().err
+    assert main(["sweep", "merge", str(tmp_path / "nope"), "--out", str(tmp_path / "m3")]) == 2
+    assert main(["sweep", "--datasets", "x=/x", "--shots", "1", "--out", str(tmp_path / "m4")]) == 2
+    assert "--methods is required" in capsys.readouterr().err

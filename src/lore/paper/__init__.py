@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", default="1993", help="comma-separated seeds (default: 1993, the reference's)")
     parser.add_argument("--methods", help="comma-separated: only these methods of the table")
     parser.add_argument("--datasets", help="comma-separated: only these datasets of the table")
+    parser.add_argument("--shots", help="comma-separated: only these shot columns of the table (e.g. 16)")
     parser.add_argument("--shots-cap", type=int, help="train on at most N images per class (smoke runs on "
                         "tiny copies; the table's shot count still picks the recipe and the row)")
     parser.add_argument("--plan", action="store_true", help="print the grid and a cost estimate, run nothing")
@@ -57,7 +58,8 @@ def main(args: argparse.Namespace) -> dict:
     seeds = _split(args.seeds, int, "--seeds")
     methods = _split(args.methods, str, "--methods") if args.methods else None
     datasets = _split(args.datasets, str, "--datasets") if args.datasets else None
-    grid = narrow(table, seeds, methods, datasets)
+    shots = _split(args.shots, int, "--shots") if args.shots else None
+    grid = narrow(table, seeds, methods, datasets, shots)
     root, out = Path(args.data_root).expanduser(), Path(args.out)
     if not root.is_dir():
         raise LoreError(f"--data-root {root}: no such folder")

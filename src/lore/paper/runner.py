@@ -30,15 +30,16 @@ class Grid:
 
 
 def narrow(table: Table, seeds: list[int], methods: list[str] | None = None,
-           datasets: list[str] | None = None) -> Grid:
+           datasets: list[str] | None = None, shots: list[int] | None = None) -> Grid:
     groups = []
     for g in table.groups:
         ms = tuple(m for m in g.methods if not methods or m in methods)
         ds = tuple(d for d in g.datasets if not datasets or d in datasets)
-        if ms and ds:
-            groups.append(Group(g.tag, g.backbone, ms, ds, g.shots, g.curriculum))
+        ks = tuple(k for k in g.shots if not shots or k in shots or k == 0)  # zero-shot rows stay
+        if ms and ds and ks:
+            groups.append(Group(g.tag, g.backbone, ms, ds, ks, g.curriculum))
     if not groups:
-        raise LoreError(f"{table.name}: --methods / --datasets leave no cell to run "
+        raise LoreError(f"{table.name}: --methods / --datasets / --shots leave no cell to run "
                         f"(methods: {sorted({m for g in table.groups for m in g.methods})}, "
                         f"datasets: {sorted({d for g in table.groups for d in g.datasets})})")
     return Grid(table, groups, seeds)

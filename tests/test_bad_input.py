@@ -239,6 +239,10 @@ CASES = {
     "gnd pickle of 2^40 shared leaves": (
         lambda w: ["retrieval", "--dataset", "roxford5k", "--root", _oxford_bomb(w), "--imsize", 32, *MODEL_ARGS], 2,
         "expands to more than"),
+    # ---- should-fix items
+    "--holdout 0 on a folder without splits": (
+        lambda w: [*TRAIN, "--data", _flat(w), "--holdout", 0], 2, "--holdout 0.0: no image was held out"),
+    "a one-class dataset": (lambda w: [*TRAIN, "--data", _one_class(w)], 2, "only one class"),
     # ---- item 2
     "batch size 1 with a BatchNorm White Box": (
         lambda w: [*TRAIN, "--data", w["colors"], "--method", "lore", "--knowledge", f"file:{_knowledge_rows(w, 4)}",
@@ -249,6 +253,21 @@ READ_ONLY = Path("/sys/lore-read-only-check")  # /sys refuses new files, even to
 TRAIN_NO_EPOCHS = ["train", "--method", "linear", *TINY_BACKBONE, "--batch-size", "8"]
 BENCH = ["bench", "--backbone", "vit_small_patch16_224", "--backbone-args", TINY_BACKBONE[4], "--img-size", 32,
          "--batch", 2, "--methods", "b-b", "--repeats", 1, "--warmup", 0, "--device", "cpu"]
+
+
+def _flat(w) -> Path:
+    root = w["base"] / "flat"
+    if not root.exists():
+        shutil.copytree(w["colors"] / "train", root)
+    return root
+
+
+def _one_class(w) -> Path:
+    root = w["base"] / "oneclass"
+    if not root.exists():
+        for split in ("train", "test"):
+            shutil.copytree(w["colors"] / split / "red", root / split / "red")
+    return root
 
 
 def _file(w) -> Path:
@@ -375,68 +394,87 @@ def test_bad_input_case(case, world, tmp_path, capsys):
 # One writer per run: a second process is refused while the first holds the run's lock.
 
 HOLD_LOCK = "import sys; from lore.lock import acquire; acquire(sys.argv[1]); sys.stdin.read()"
+SRC = Path(__file__).parents[1] / "src"
 
 
-def _start_holder(run_dir: Path):
-    """A real second process that takes the run's lock and keeps it until its stdin closes; returns
-    once the lock file names it (the lock is taken before the pid is written)."""
-    import os
-    import subprocess
-    import sys
+def _wait_for_lock(run_dir: Path, proc) -> None:
+    """Return once ``proc`` holds the run's lock: the holder writes its pid only after taking it."""
     import time
 
-    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], stdin=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
     lock = run_dir / ".lock"
     deadline = time.monotonic() + 120
     while not (lock.is_file() and lock.read_text().strip() == str(proc.pid)):
-        assert proc.poll() is None, "the lock holder exited"
-        assert time.monotonic() < deadline, "the lock holder never took the lock"
+        assert proc.poll() is None, "the process exited before taking the lock"
+        assert time.monotonic() < deadline, "the process never took the lock"
         time.sleep(0.02)
-    return proc
 
 
-def test_second_writer_is_refused_and_the_lock_dies_with_its_holder(colors, tmp_path, capsys):
-    import signal
+def _popen(args: list, **kw):
+    import os
     import subprocess
     import sys
 
-    run = tmp_path / "run"
-    run.mkdir()
-    holder = _start_holder(run)
+    return subprocess.Popen([sys.executable, *map(str, args)], env={**os.environ, "PYTHONPATH": str(SRC)},
+                            text=True, **kw)
+
+
+def test_two_lore_train_processes_on_one_run(colors, tmp_path, capsys):
+    """A real `lore train` takes the lock and then blocks reading its CSV from a FIFO (so it
+    provably holds the lock while the second starts); the second is refused; SIGTERM ends the
+    first with one line, and its lock is gone with it."""
+    import os
+    import signal
+    import subprocess
+
+    run, fifo = tmp_path / "run", tmp_path / "data.csv"
+    os.mkfifo(fifo)
+    first = _popen(["-m", "lore", *TRAIN, "--data", fifo, "--format", "csv", "--out", run], stderr=subprocess.PIPE)
     try:
-        # a real second `lore train` process
-        cmd = [sys.executable, "-m", "lore", *map(str, TRAIN), "--data", str(colors), "--out", str(run)]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        assert res.returncode == 2, res.stderr[-2000:]
-        errors = [ln for ln in res.stderr.splitlines() if ln.startswith("lore: error:")]
-        assert len(errors) == 1 and "in use by another lore process" in errors[0]
-        assert f"pid {holder.pid}" in errors[0] and "Traceback" not in res.stderr
-        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing written
-        # --resume of a locked run, and a sweep cell that is locked: refused, the sweep goes on
+        _wait_for_lock(run, first)
+        second = _popen(["-m", "lore", *TRAIN, "--data", colors, "--out", run], stderr=subprocess.PIPE)
+        err = second.communicate(timeout=300)[1]
+        assert second.returncode == 2, err[-2000:]
+        errors = [ln for ln in err.splitlines() if ln.startswith("lore: error:")]
+        assert len(errors) == 1 and "in use by another lore process" in errors[0], err[-2000:]
+        assert f"pid {first.pid}" in errors[0] and "Traceback" not in err
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # the second wrote nothing
         (run / "config.yaml").write_text("method: linear\n")
-        assert lore_cli("train", "--resume", run) == 2
-        assert "--resume" in capsys.readouterr().err
-        sweep = tmp_path / "sweep"
-        cell = sweep / "c" / "linear" / "1shot" / "seed1"
-        cell.mkdir(parents=True)
-        cell_holder = _start_holder(cell)
-        try:
-            code = lore_cli("sweep", "--methods", "linear", "--datasets", f"c={colors}", "--shots", 1,
-                            "--seeds", "1,2", *TINY_BACKBONE, "--epochs", 1, "--batch-size", 4, "--out", sweep)
-        finally:
-            cell_holder.stdin.close()
-            cell_holder.wait(timeout=60)
-        assert code == 2
-        table = json.loads((sweep / "table.json").read_text())
-        runs = table["cells"][0]["runs"]
+        assert lore_cli("train", "--resume", run) == 2  # --resume of a run in use
+        err = capsys.readouterr().err
+        assert "--resume" in err and "in use by another lore process" in err
+        first.send_signal(signal.SIGTERM)
+        err = first.communicate(timeout=120)[1]
+        assert first.returncode == 143 and "lore: terminated (SIGTERM)" in err and "Traceback" not in err
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    (run / "config.yaml").unlink()
+    assert lore_cli(*TRAIN, "--data", colors, "--out", run) == 0  # the lock died with its holder
+
+
+def test_lock_is_released_on_sigkill_and_a_locked_sweep_cell_fails_alone(colors, tmp_path):
+    import signal
+    import subprocess
+
+    sweep = tmp_path / "sweep"
+    cell = sweep / "c" / "linear" / "1shot" / "seed1"
+    cell.mkdir(parents=True)
+    (cell / ".main-step-00000001.safetensors.a1b2.tmp").write_bytes(b"half a checkpoint")
+    holder = _popen(["-c", HOLD_LOCK, cell], stdin=subprocess.PIPE)
+    try:
+        _wait_for_lock(cell, holder)
+        args = ["sweep", "--methods", "linear", "--datasets", f"c={colors}", "--shots", 1, "--seeds", "1,2",
+                *TINY_BACKBONE, "--epochs", 1, "--batch-size", 4, "--out", sweep]
+        assert lore_cli(*args) == 2
+        runs = json.loads((sweep / "table.json").read_text())["cells"][0]["runs"]
         assert [r["status"] for r in runs] == ["failed", "done"]
         assert "in use by another lore process" in runs[0]["error"]
     finally:
         holder.send_signal(signal.SIGKILL)  # a crash: the kernel releases the lock
         holder.wait(timeout=60)
-    assert lore_cli(*TRAIN, "--data", colors, "--out", run) == 0
-    assert json.loads((run / "final.json").read_text())["test_samples"] > 0
+    assert lore_cli(*args) == 0  # the cell runs now; its dead writer's temporary is cleaned up
+    assert not list(cell.glob("*.tmp")) and (cell / "final.json").is_file()
 
 
 # ============================================================================ issue 15, item 2
@@ -620,3 +658,15 @@ def test_unpickler_refuses_expansion_bombs_quickly(tmp_path):
     f.write_bytes(b"\x80\x02c__builtin__\nbytes\nJ\x00\x00\x00\x40\x85R.")  # bytes(2**30)
     with pytest.raises(LoreError, match="refused"):
         load_pickle_safe(f)
+
+
+def test_holdout_split_hashes_class_and_name(tmp_path):
+    from lore.data import load_dataset
+
+    for c in ("a", "b", "c", "d"):
+        for i in range(10):
+            (tmp_path / c).mkdir(exist_ok=True)
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / c / f"{i}.png")
+    test = load_dataset(str(tmp_path), holdout=0.3).splits["test"]
+    held = {c: sorted(Path(p).name for p, y in test if y == k) for k, c in enumerate("abcd")}
+    assert len({tuple(v) for v in held.values()}) > 1  # not the same file names in every class

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .errors import LoreError
@@ -176,8 +178,27 @@ def _bar_active() -> bool:
     return bool(instances)
 
 
+class _Terminated(BaseException):
+    """SIGTERM (a scheduler's or `kill`'s stop), raised in the main thread like Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str]) -> int:
     try:
         try:
             args = _parse(argv)
@@ -197,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lore: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("lore: terminated (SIGTERM); files already written, checkpoints included, are intact",
+              file=sys.stderr)
+        return 143
     return 0
 
 

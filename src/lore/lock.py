@@ -47,7 +47,18 @@ def acquire(run_dir: str | os.PathLike, flag: str = "--out") -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     os.fsync(fd)
+    remove_stale_temporaries(run_dir)
     return fd
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporaries of atomic writes (``.NAME.XXXX.tmp``) that a killed process left in
+    the run. Only safe while holding the run's lock: no one else can be writing them."""
+    stale = [p for folder in (run_dir, run_dir / "checkpoints") if folder.is_dir()
+             for p in folder.glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,13 @@ def load_dataset(root: str, fmt: str = "imagefolder", classnames_file: str | Non
                             f"0..{len(data.classnames) - 1}")
     if not data.splits.get("train") and not data.splits.get("test"):
         raise LoreError(f"--data {root}: no images found for format {fmt}")
+    if len(data.classnames) < 2:
+        raise LoreError(f"--data {root}: only one class ({data.classnames[0]!r}); classification needs "
+                        "at least two (is --data one class folder instead of the dataset folder?)")
+    unseen = sorted(set(range(len(data.classnames))) - {y for _, y in data.splits.get("train", [])})
+    if data.splits.get("train") and unseen:
+        print(f"lore: warning: --data {root}: {len(unseen)} class(es) have no training image, e.g. "
+              f"{data.classnames[unseen[0]]!r}; the model cannot learn them", file=sys.stderr)
     return data
 
 
@@ -127,7 +135,11 @@ def _holdout_split(samples: list[Sample], holdout: float) -> dict[str, list[Samp
         key = f"{Path(path).parent.name}/{Path(path).name}"
         h = int(hashlib.md5(key.encode()).hexdigest()[:8], 16)
         return h / 0xFFFFFFFF < holdout
-    return {"train": [s for s in samples if not held(s[0])], "test": [s for s in samples if held(s[0])]}
+    split = {"train": [s for s in samples if not held(s[0])], "test": [s for s in samples if held(s[0])]}
+    if not split["test"]:
+        raise LoreError(f"--holdout {holdout}: no image was held out for testing (the dataset has no "
+                        "train/ and test/ parts); use a larger --holdout (default 0.2) or add split folders")
+    return split
 
 
 def _resolve_image_root(root: Path, image_dir: str | None, first: str) -> Path:

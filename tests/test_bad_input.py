@@ -243,6 +243,9 @@ CASES = {
     "--holdout 0 on a folder without splits": (
         lambda w: [*TRAIN, "--data", _flat(w), "--holdout", 0], 2, "--holdout 0.0: no image was held out"),
     "a one-class dataset": (lambda w: [*TRAIN, "--data", _one_class(w)], 2, "only one class"),
+    "--resume with a recipe flag": (lambda w: ["train", "--resume", w["run"], "--lr", "0.1"], 2,
+                                    "--lr 0.1 differs from the run's 0.003"),
+    "a checkpoint holding NaN": (lambda w: ["eval", "--run", _nan_run(w), "--workers", 0], 2, "NaN or Inf"),
     # ---- item 2
     "batch size 1 with a BatchNorm White Box": (
         lambda w: [*TRAIN, "--data", w["colors"], "--method", "lore", "--knowledge", f"file:{_knowledge_rows(w, 4)}",
@@ -268,6 +271,19 @@ def _one_class(w) -> Path:
         for split in ("train", "test"):
             shutil.copytree(w["colors"] / split / "red", root / split / "red")
     return root
+
+
+def _nan_run(w) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    run = w["base"] / "nan_run"
+    if not run.exists():
+        shutil.copytree(w["run"], run)
+        state = load_file(str(run / "checkpoint.safetensors"))
+        name = next(k for k, v in state.items() if v.is_floating_point())
+        state[name][...] = float("nan")
+        save_file(state, str(run / "checkpoint.safetensors"))
+    return run
 
 
 def _file(w) -> Path:

@@ -62,9 +62,13 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise LoreError(f"{path}: checkpoint not found (did training finish?)")
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise LoreError(f"{path} is not a readable safetensors checkpoint ({e})") from None
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise LoreError(f"{path}: tensor {bad} holds NaN or Inf (a diverged or damaged run); retrain it")
+    return state
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint_name: str = "checkpoint.safetensors",

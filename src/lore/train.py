@@ -41,6 +41,7 @@ from .metrics import accuracy
 from .models import build_model
 from .models.coop import check_text_side, text_side_options, weightless
 from .lock import run_lock
+from .values import refuse_recipe_changes
 from .runs import resolve_device
 
 # methods whose construction needs class text embeddings, and which template they use
@@ -100,6 +101,7 @@ def _resume_config(cfg: TrainConfig) -> TrainConfig:
     if not saved.is_file():
         raise LoreError(f"--resume {run_dir}: no config.yaml there (not a lore run directory)")
     values = config_mod.load_yaml(str(saved))
+    refuse_recipe_changes(cfg, values, run_dir)
     # execution settings may change on resume; the recipe may not
     for key in ("device", "workers", "save_every", "keep_last"):
         values[key] = getattr(cfg, key)

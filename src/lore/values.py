@@ -108,3 +108,27 @@ def check_patch_multiple(size: tuple[int, int], patch: int) -> None:
         near = max(patch, round(h / patch) * patch)
         raise LoreError(f"--img-size {h if h == w else f'{h}x{w}'} is not a multiple of the backbone's "
                         f"patch size {patch}; use e.g. --img-size {near}")
+
+
+# options a resumed run may change: where and how it runs, not what it computes
+RESUME_MAY_CHANGE = frozenset({"device", "workers", "save_every", "keep_last", "resume", "out"})
+
+
+def refuse_recipe_changes(cfg: Any, saved: dict, run_dir: Any) -> None:
+    """``lore train --resume RUN --lr 0.1`` would silently keep the run's own lr: refuse instead.
+    An option counts as given when it differs from its default (``cfg`` from the command line)."""
+    import dataclasses
+
+    from .io import absolute_paths
+
+    given = absolute_paths(cfg)
+    for f in dataclasses.fields(given):
+        if f.name in RESUME_MAY_CHANGE or f.name not in saved:
+            continue
+        value = getattr(given, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if getattr(cfg, f.name) != default and value != saved[f.name]:
+            flag = "--" + f.name.replace("_", "-")
+            raise LoreError(f"--resume {run_dir}: {flag} {value!r} differs from the run's {saved[f.name]!r}; "
+                            "a resumed run keeps its recipe (only --device, --workers, --save-every and "
+                            "--keep-last may change); start a new run with --out to change it")

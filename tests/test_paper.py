@@ -254,3 +254,32 @@ def test_paper_table_runs_marks_missing_datasets_and_resumes(tmp_path: Path, cap
     assert records[("lore", "16", "cifar10")]["status"] == "measured"
     assert records[("lore", "16", "average")]["measured"] == ""
     assert f"not run: {root / 'eurosat'} not found / 87.04" in (out / "table.md").read_text()
+
+
+def test_table4_rows_read_the_task_results() -> None:
+    from lore.paper.tasks import task_rows
+
+    grid = narrow(TABLES["table4"], [1993])
+    retrieval = {"medium": {"map": 0.5}, "hard": {"map": 0.25}}
+    measured = {("clip", "lore", "roxford5k"): retrieval, ("clip", "lore", "rparis6k"): retrieval,
+                ("clip", "lore", "spair"): {"pck": 0.2}, ("clip", "lore", "davis"): {"JF": 0.6},
+                ("vit", "b-b", "davis"): Value(note="not run: /r/DAVIS not found")}
+    rows = {(r["row"]): r for r in task_rows(grid, measured)}
+    lore = rows["LORE (CLIP)"]["values"]
+    assert (lore["roxford5k-M"].value, lore["rparis6k-H"].value) == (0.5, 0.25)
+    assert lore["spair-pck"].value == pytest.approx(20.0) and lore["davis-jf"].value == pytest.approx(60.0)
+    assert rows["B-B (ViT)"]["values"]["davis-jf"].note == "not run: /r/DAVIS not found"
+    md = render_markdown(grid, list(rows.values()), [1993])
+    assert "| LORE (CLIP) | 16 | 0.500 / 0.418 (+0.082) |" in md and "20.00 / 20.71 (-0.71)" in md
+
+
+def test_warmup_epochs_hold_the_warmup_lr(tmp_path: Path, colors: Path) -> None:
+    from conftest import TINY_BACKBONE
+
+    out = tmp_path / "run"
+    assert main(["train", "--method", "linear", "--data", str(colors), *TINY_BACKBONE, "--device", "cpu",
+                 "--epochs", "3", "--batch-size", "8", "--lr", "0.01", "--min-lr", "0.0",
+                 "--warmup-epochs", "1", "--warmup-lr", "0.0001", "--out", str(out)]) == 0
+    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[0] == pytest.approx(1e-4)
+    assert lrs[1] > 1e-3 and lrs[2] < lrs[1]  # then the cosine from --lr

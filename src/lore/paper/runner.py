@@ -214,10 +214,12 @@ def table_records(grid: Grid, rows: list[dict]) -> list[dict]:
     return records
 
 
-def _cell_text(v: Value, pub: float | None, notes: list[str]) -> str:
+def _cell_text(v: Value, pub: float | None, notes: list[str], digits: int = 2) -> str:
     """measured / published (difference); a failure is numbered and explained under the table."""
     if v.value is not None:
-        text = _fmt(v.value) + (f" / {_fmt(pub)} ({v.value - pub:+.2f})" if pub is not None else "")
+        text = _fmt(v.value, digits)
+        if pub is not None:
+            text += f" / {_fmt(pub, digits)} ({v.value - pub:+.{digits}f})"
         return text + (f" [{v.note}]" if v.note else "")
     if v.note.startswith("failed"):
         if v.note not in notes:
@@ -227,7 +229,7 @@ def _cell_text(v: Value, pub: float | None, notes: list[str]) -> str:
         text = "—"
     else:
         text = v.note
-    return text + (f" / {_fmt(pub)}" if pub is not None else "")
+    return text + (f" / {_fmt(pub, digits)}" if pub is not None else "")
 
 
 def render_markdown(grid: Grid, rows: list[dict], seeds: list[int]) -> str:
@@ -240,7 +242,9 @@ def render_markdown(grid: Grid, rows: list[dict], seeds: list[int]) -> str:
              "| Row | Shots | " + " | ".join(columns) + " |", "|---|---:|" + "---:|" * len(columns)]
     for r in rows:
         label = r["row"]
-        cells = [_cell_text(r["values"].get(c, Value()), r["published"].get(c), notes) for c in columns]
+        # retrieval mAP is published in [0, 1] with three decimals
+        cells = [_cell_text(r["values"].get(c, Value()), r["published"].get(c), notes,
+                            3 if c.startswith(("roxford", "rparis")) else 2) for c in columns]
         stage = f"-{r['stage']}" if r["stage"] else ""
         lines.append(f"| {label}{stage if not label.endswith(stage) else ''} | {r['shots']} | "
                      + " | ".join(cells) + " |")

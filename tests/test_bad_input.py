@@ -686,3 +686,13 @@ def test_holdout_split_hashes_class_and_name(tmp_path):
     test = load_dataset(str(tmp_path), holdout=0.3).splits["test"]
     held = {c: sorted(Path(p).name for p, y in test if y == k) for k, c in enumerate("abcd")}
     assert len({tuple(v) for v in held.values()}) > 1  # not the same file names in every class
+
+
+def test_corrupt_test_image_is_found_before_training(colors, tmp_path, capsys):
+    root = shutil.copytree(colors, tmp_path / "data")
+    _garbage(root / "test" / "blue" / "broken.png")
+    out = tmp_path / "run"
+    assert lore_cli(*TRAIN, "--data", root, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "cannot decode test image" in err and "broken.png" in err
+    assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()

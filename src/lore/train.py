@@ -33,6 +33,7 @@ from .data import (EpochBatchSampler, ImageDataset, ShardedSampler, eval_transfo
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .errors import LoreError
 from .flops import GFLOPS_COUNT, count_gflops, count_params, parameter_shares, text_tower_params
+from .data.datasets import check_headers
 from .data.sampling import check_batch_for_norm
 from .io import absolute_paths, atomic_write_json, atomic_write_text, check_output_dir
 from .knowledge import (NEGATIVE_TEMPLATE, ZEROSHOT_TEMPLATE, cached_class_embeddings, default_knowledge_spec,
@@ -217,6 +218,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     train_all = data.get("train")
     test = data.splits.get("test") or data.get("val")
     val = data.splits.get("val") if data.splits.get("test") else None
+    check_headers(test, "test")
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
         if not cfg.resume:

@@ -421,3 +421,17 @@ def test_window_plan_is_cached_and_fast() -> None:
     rows = sum(min(i + 12, 29) - max(i - 12, 0) + 1 for i in range(30))
     cols = sum(min(j + 12, 54) - max(j - 12, 0) + 1 for j in range(55))
     assert allowed == rows * cols
+
+
+def test_names_from_dataset_files_stay_inside_their_root(tmp_path: Path) -> None:
+    from lore.io import inside_root
+
+    root = tmp_path / "root"
+    (root / "seq" / "sub").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (root / "link").symlink_to(tmp_path / "outside")
+    assert inside_root(root, "seq/sub", "list.txt", 1) == root / "seq" / "sub"
+    assert inside_root(root, "not-yet-there", "list.txt", 2) == root / "not-yet-there"
+    for name in ("../outside", "seq/../../outside", "/etc/hostname", "link", "link/x", ".", ""):
+        with pytest.raises(LoreError, match="list.txt, line 3"):
+            inside_root(root, name, "list.txt", 3)

@@ -246,6 +246,9 @@ CASES = {
     "--resume with a recipe flag": (lambda w: ["train", "--resume", w["run"], "--lr", "0.1"], 2,
                                     "--lr 0.1 differs from the run's 0.003"),
     "a checkpoint holding NaN": (lambda w: ["eval", "--run", _nan_run(w), "--workers", 0], 2, "NaN or Inf"),
+    "an all-zero knowledge matrix": (
+        lambda w: [*TRAIN, "--data", w["colors"], "--method", "lore", "--knowledge", f"file:{_zero_knowledge(w)}"],
+        2, "all zeros"),
     # ---- item 2
     "batch size 1 with a BatchNorm White Box": (
         lambda w: [*TRAIN, "--data", w["colors"], "--method", "lore", "--knowledge", f"file:{_knowledge_rows(w, 4)}",
@@ -284,6 +287,12 @@ def _nan_run(w) -> Path:
         state[name][...] = float("nan")
         save_file(state, str(run / "checkpoint.safetensors"))
     return run
+
+
+def _zero_knowledge(w) -> Path:
+    f = w["base"] / "k_zero.npy"
+    np.save(f, np.zeros((4, 8), np.float32))
+    return f
 
 
 def _file(w) -> Path:

@@ -112,6 +112,10 @@ def encode_classes(spec: str, classnames: list[str], templates: list[str],
                         "or ngram:DIM")
     if not torch.isfinite(emb).all():
         raise LoreError(f"--knowledge {spec}: embeddings contain NaN or Inf")
+    zero = (emb.float().norm(dim=-1) == 0).nonzero().flatten().tolist()
+    if zero:  # an all-zero row carries no knowledge and cannot be normalised
+        raise LoreError(f"--knowledge {spec}: the row of class {classnames[zero[0]]!r} is all zeros "
+                        f"({len(zero)} such row(s)); every class needs a non-zero embedding")
     return F.normalize(emb.float(), dim=-1).cpu()
 
 

@@ -249,6 +249,9 @@ CASES = {
     "an all-zero knowledge matrix": (
         lambda w: [*TRAIN, "--data", w["colors"], "--method", "lore", "--knowledge", f"file:{_zero_knowledge(w)}"],
         2, "all zeros"),
+    "a backbone that is not a ViT": (
+        lambda w: ["train", "--dry-run", "--num-classes", 3, "--backbone", "resnet18", "--no-pretrained"], 2,
+        "--backbone resnet18 is not a timm Vision Transformer"),
     # ---- item 2
     "batch size 1 with a BatchNorm White Box": (
         lambda w: [*TRAIN, "--data", w["colors"], "--method", "lore", "--knowledge", f"file:{_knowledge_rows(w, 4)}",

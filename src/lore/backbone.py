@@ -160,6 +160,9 @@ def create_vit(
         create = offline.create if offline.is_registered(name) else timm.create_model
         model = create(name, pretrained=pretrained and checkpoint is None, **kwargs)
     except TypeError as e:
+        if not backbone_args:  # nothing of the user's was passed: the model is not a ViT
+            raise LoreError(f"--backbone {name} is not a timm Vision Transformer ({e}); choose a ViT "
+                            "such as vit_base_patch16_224") from None
         raise LoreError(f"--backbone-args {backbone_args} not accepted by {name}: {e}") from None
     except (RuntimeError, OSError, ValueError) as e:
         if pretrained and checkpoint is None:

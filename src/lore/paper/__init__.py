@@ -17,8 +17,8 @@ from ..config import TrainConfig
 from ..errors import LoreError
 from ..sweep import GRID_FIELDS, _split
 
-# set per cell by the table (the grid, the recipe, the dataset) rather than by a flag
-PAPER_FIELDS = GRID_FIELDS | {"recipe", "dataset", "curriculum"}
+# set per cell by the table (the grid, the recipe, the dataset as distributed) rather than by a flag
+PAPER_FIELDS = GRID_FIELDS | {"recipe", "dataset", "curriculum", "classnames", "image_dir", "holdout"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

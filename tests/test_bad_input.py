@@ -477,8 +477,8 @@ def test_two_lore_train_processes_on_one_run(colors, tmp_path, capsys):
         if first.poll() is None:
             first.kill()
             first.wait()
-    (run / "config.yaml").unlink()
-    assert lore_cli(*TRAIN, "--data", colors, "--out", run) == 0  # the lock died with its holder
+    assert not run.exists()  # the first created it and wrote nothing else: it leaves nothing
+    assert lore_cli(*TRAIN, "--data", colors, "--out", run) == 0
 
 
 def test_lock_is_released_on_sigkill_and_a_locked_sweep_cell_fails_alone(colors, tmp_path):
@@ -708,3 +708,12 @@ def test_corrupt_test_image_is_found_before_training(colors, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cannot decode test image" in err and "broken.png" in err
     assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
+
+
+def test_a_run_that_fails_before_producing_anything_leaves_no_folder(colors, tmp_path):
+    out = tmp_path / "run"
+    assert lore_cli(*TRAIN, "--data", colors, "--out", out, "--method", "lore", "--knowledge", "file:nope.npy") == 2
+    assert not out.exists()
+    out.mkdir()  # a folder the user made is left as it was
+    assert lore_cli(*TRAIN, "--data", colors, "--out", out, "--method", "lore", "--knowledge", "file:nope.npy") == 2
+    assert out.is_dir()

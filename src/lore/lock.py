@@ -68,8 +68,25 @@ def run_lock(run_dir: str | os.PathLike | None, enabled: bool = True, flag: str 
     if run_dir is None or not enabled:
         yield
         return
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
     fd = acquire(run_dir, flag)
     try:
         yield
+    except BaseException:
+        if created:
+            _remove_if_empty_run(run_dir)
+        raise
     finally:
         os.close(fd)
+
+
+def _remove_if_empty_run(run_dir: Path) -> None:
+    """A run that failed before producing anything (no weights, a wrong option found late) leaves
+    no folder behind; anything beyond the options file is kept for the user to inspect."""
+    names = {p.name for p in run_dir.iterdir()}
+    if names <= {LOCK_NAME, "config.yaml"}:
+        for name in names:
+            (run_dir / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()

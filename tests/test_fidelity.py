@@ -84,6 +84,24 @@ def test_clip_eval_transform_is_resize_224_center_crop_224():
     assert not torch.allclose(cropped, out)
 
 
+def test_flip_augmentation_is_the_reference_resize_center_crop_flip():
+    """Most reference datasets train on Resize + CenterCrop + flip (RESISC45 / PatternNet resize to 256)."""
+    from torchvision.transforms import functional as TF
+
+    from lore.data import train_transform
+
+    data_config = {"mean": (0.0,) * 3, "std": (1.0,) * 3, "interpolation": "bicubic", "crop_pct": 1.0,
+                   "train_crop_pct": 224 / 256}
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    expected = TF.to_tensor(TF.center_crop(TF.resize(image, 256, TF.InterpolationMode.BICUBIC), 224))
+    torch.manual_seed(0)
+    outs = [train_transform(224, data_config, "flip")(image) for _ in range(8)]
+    assert all(torch.allclose(o, expected, atol=1e-6) or torch.allclose(o.flip(-1), expected, atol=1e-6)
+               for o in outs)
+    assert any(torch.allclose(o.flip(-1), expected, atol=1e-6) for o in outs)  # flips do happen
+
+
 # --- 3. easy-to-hard as the reference runs it -----------------------------------------------------
 
 def _reference_herding(features: np.ndarray) -> np.ndarray:

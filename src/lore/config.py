@@ -57,6 +57,8 @@ class TrainConfig:
     crop_pct: float | None = opt(None, "test-time center-crop fraction: Resize(img_size / crop_pct) + "
                                  "CenterCrop(img_size) (default: 1.0 for CLIP as the reference, else the "
                                  "backbone's own)")
+    train_crop_pct: float | None = opt(None, "crop fraction of the 'flip' augmentation's resize + center "
+                                       "crop (default: --crop-pct)")
     lr_schedule: str = opt("epoch", "cosine learning rate stepped once per epoch (reference) or every step",
                            ["epoch", "step"])
     bn_mode: str = opt("train", "White Box BatchNorm/dropout mode while training: proper train mode, or the "
@@ -119,8 +121,10 @@ def validate(cfg: TrainConfig) -> None:
             raise LoreError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(cfg, name)}")
     if cfg.lr <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
         raise LoreError(f"--lr must be > 0 and --min-lr in [0, lr]; got lr={cfg.lr}, min-lr={cfg.min_lr}")
-    if cfg.crop_pct is not None and not 0 < cfg.crop_pct <= 1:
-        raise LoreError(f"--crop-pct must be in (0, 1], got {cfg.crop_pct}")
+    for name in ("crop_pct", "train_crop_pct"):
+        value = getattr(cfg, name)
+        if value is not None and not 0 < value <= 1:
+            raise LoreError(f"--{name.replace('_', '-')} must be in (0, 1], got {value}")
     if cfg.wd < 0:
         raise LoreError(f"--wd must be >= 0, got {cfg.wd}")
     if cfg.global_prompts is not None and cfg.global_prompts < 0:

@@ -172,6 +172,8 @@ def run_data_config(cfg: TrainConfig, black_box) -> dict:
     data_config = dict(black_box.data_config)
     if cfg.crop_pct is not None:
         data_config["crop_pct"] = cfg.crop_pct
+    if cfg.train_crop_pct is not None:
+        data_config["train_crop_pct"] = cfg.train_crop_pct
     return data_config
 
 

@@ -14,12 +14,14 @@ def _interp(name: str) -> InterpolationMode:
 
 
 def train_transform(img_size: int, data_config: dict, aug: str = "rrc-flip") -> T.Compose:
-    """``rrc-flip``: RandomResizedCrop + horizontal flip (the paper's augmentation); ``flip``: the
-    test-time resize/crop + flip; ``none``: the test-time transform."""
+    """``rrc-flip``: RandomResizedCrop + horizontal flip (the paper's augmentation); ``flip``:
+    resize + center crop (by ``train_crop_pct``, else the test-time crop) + flip, which the reference
+    code uses for most datasets; ``none``: the test-time transform."""
     if aug == "none":
         return eval_transform(img_size, data_config)
     if aug == "flip":
-        return T.Compose([eval_transform(img_size, data_config), T.RandomHorizontalFlip()])
+        crop = data_config.get("train_crop_pct") or data_config.get("crop_pct")
+        return T.Compose([eval_transform(img_size, {**data_config, "crop_pct": crop}), T.RandomHorizontalFlip()])
     return T.Compose([
         T.RandomResizedCrop(img_size, interpolation=_interp(data_config.get("interpolation", "bicubic"))),
         T.RandomHorizontalFlip(),

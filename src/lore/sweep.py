@@ -257,11 +257,12 @@ def run_cell(cell: Cell, out: Path, base: dict, recipe_backbone: str | None = No
 def _check_same_recipe(run_dir: Path, cfg: TrainConfig) -> None:
     """A kept cell must have been trained with the options asked for now, or the table mixes recipes."""
     saved = config_mod.load_yaml(str(run_dir / "config.yaml"))
-    wanted = dataclasses.asdict(absolute_paths(cfg))  # runs store absolute paths
-    # options the saved run predates (added to lore later) are taken to have had their default; an
-    # option asked as None ("lore decides") matches the value the run resolved it to
-    diff = sorted(k for k in wanted if k not in EXECUTION_FIELDS and k in saved and wanted[k] is not None
-                  and saved[k] != wanted[k])
+    from .train import resolve_backbone_defaults
+
+    # runs store absolute paths and the backbone-dependent defaults they resolved
+    wanted = dataclasses.asdict(resolve_backbone_defaults(absolute_paths(cfg)))
+    # options the saved run predates (added to lore later) are taken to have had their default
+    diff = sorted(k for k in wanted if k not in EXECUTION_FIELDS and k in saved and saved[k] != wanted[k])
     if diff:
         k = diff[0]
         raise LoreError(f"{run_dir} was run with other options ({k}: {saved.get(k)!r} there, "

@@ -717,3 +717,30 @@ def test_a_run_that_fails_before_producing_anything_leaves_no_folder(colors, tmp
     out.mkdir()  # a folder the user made is left as it was
     assert lore_cli(*TRAIN, "--data", colors, "--out", out, "--method", "lore", "--knowledge", "file:nope.npy") == 2
     assert out.is_dir()
+
+
+def test_offline_pretrained_fails_without_network_attempts_and_leaves_nothing(colors, tmp_path, monkeypatch,
+                                                                               capsys):
+    import socket
+
+    from huggingface_hub import constants
+
+    import lore.network as network
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # nothing cached
+    for name in network.PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(network, "_reachable", lambda host, port, timeout: False)  # the quick probe says no
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a network connection was attempted after the hub was found unreachable")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    out = tmp_path / "run"
+    code = lore_cli("train", "--method", "linear", "--backbone", "vit_tiny_patch16_224", "--pretrained",
+                    "--data", colors, "--out", out, "--img-size", 32, "--epochs", 1, "--workers", 0)
+    err = capsys.readouterr().err
+    assert code == 2 and "could not fetch pre-trained weights" in err, err[-2000:]
+    assert constants.HF_HUB_OFFLINE is True
+    assert not out.exists()  # no folder holding only config.yaml

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from .errors import LoreError
+from .network import hub_offline_if_unreachable
 from .values import check_patch_multiple
 from .io import state_dict_mismatch
 
@@ -156,6 +157,8 @@ def create_vit(
     if not has_clip_projection(name):
         kwargs.setdefault("num_classes", 0)
     from . import pretrained as offline  # names built from other sources than the timm hub
+    if pretrained and checkpoint is None:
+        hub_offline_if_unreachable()  # no network: fail (or use the cache) at once, not after retries
     try:
         create = offline.create if offline.is_registered(name) else timm.create_model
         model = create(name, pretrained=pretrained and checkpoint is None, **kwargs)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from .errors import LoreError
+from .network import hub_offline_if_unreachable
 from .io import atomic_save
 
 DEFAULT_TEMPLATE = "This is a photo of a {}."
@@ -172,6 +173,8 @@ def load_open_clip(arg: str, device: str | torch.device = "cpu"):
         open_clip.add_model_config(cfg)
         name = cfg.stem
     pretrained = None if tag in ("", "none") else tag
+    if pretrained:
+        hub_offline_if_unreachable()  # no network: fail (or use the cache) at once, not after retries
     try:
         model = open_clip.create_model(name, pretrained=pretrained, device=device)
         tokenizer = open_clip.get_tokenizer(name)

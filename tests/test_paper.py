@@ -197,6 +197,13 @@ def test_plan_counts_runs_and_images_and_reads_a_bench_result(tmp_path: Path, ca
     seconds = 225_600 / 100 + 11_280 / 400
     assert f"{seconds / 3600:.1f} h" in out
     assert not (tmp_path / "o").exists()  # --plan runs nothing
+    # the short measured step on this machine (a tiny stand-in backbone here)
+    assert main(["paper", "table5", "--data-root", str(root), "--out", str(tmp_path / "o"), "--plan",
+                 "--datasets", "dtd", "--methods", "lore", "--backbone", "vit_small_patch16_224",
+                 "--backbone-args", TINY_ARGS, "--img-size", "32", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs (0 on missing datasets, not run), 75,200 training and 3,760 test images" in out
+    assert "estimate from measured here (vit_small_patch16_224): " in out
 
 
 # ---------------------------------------------------------------------------------------------

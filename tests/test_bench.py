@@ -37,3 +37,28 @@ def test_bench_rejects_unknown_method(capsys):
     assert lore_cli("bench", "--backbone", "vit_small_patch16_224", "--backbone-args", TINY, "--img-size", "32",
                     "--methods", "b-b,warp-drive") == 2
     assert "warp-drive" in capsys.readouterr().err
+
+
+def test_bench_times_the_clip_prompt_learners_beside_lore(tmp_path):
+    clip = tmp_path / "lore-tiny.json"
+    clip.write_text(json.dumps({"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32,
+                                                                  "head_width": 16, "patch_size": 8},
+                                "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32,
+                                             "heads": 2, "layers": 2}}))
+    methods = ["lore", "coop", "cocoop", "prograd", "maple"]
+    assert lore_cli("bench", "--backbone", "vit_base_patch16_clip_quickgelu_224.openai", "--backbone-args",
+                    "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2,num_classes=32",
+                    "--knowledge", f"clip:{clip}/none", "--img-size", "32", "--batch", "2", "--num-classes", "3",
+                    "--methods", ",".join(methods), "--repeats", "1", "--warmup", "0", "--device", "cpu",
+                    "--out", tmp_path) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    res = report["methods"]
+    assert list(res) == methods
+    # trainable: CoOp 16 x 32 context; Co-CoOp 4 x 32 + meta-net 32 -> 2 -> 32; MaPLe J = 2 on 2-layer towers
+    assert [res[m]["trainable_params"] for m in ("coop", "cocoop", "prograd", "maple")] == \
+        [16 * 32, 4 * 32 + 66 + 96, 16 * 32, 2 * (32 * 64 + 64) + 2 * 2 * 32]
+    for m in methods[1:]:
+        ratio = report["ratios"][f"{m}/lore"]
+        assert ratio["train_step_time"] == pytest.approx(res["lore"]["train_images_per_s"] / res[m]["train_images_per_s"],
+                                                         rel=1e-3)
+    assert "cocoop/coop" in report["ratios"] and "maple/coop" in report["ratios"]

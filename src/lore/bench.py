@@ -1,8 +1,12 @@
-"""``lore bench``: the cost of B-B, VPT and LORE measured side by side in one process.
+"""``lore bench``: the cost of B-B, VPT, LORE and the CLIP prompt learners (CoOp, Co-CoOp, ProGrad,
+MaPLe) measured side by side in one process.
 
 Each repeat times every method in turn (interleaved), so a slow patch of the machine hits all
 methods alike; the reported figure is the median over repeats, after warm-up. Ratios are taken
 between figures of the same run only.
+
+The CLIP prompt learners run the frozen CLIP text tower of ``--knowledge`` (default: the
+backbone's own) built without weights unless ``--pretrained``: speed does not depend on them.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ from .io import atomic_write_json, check_output_dir
 
 # bench name -> (model method, what it stands for)
 METHODS = {"b-b": "linear", "linear": "linear", "vpt-shallow": "vpt-shallow", "vpt-deep": "vpt-deep",
-           "lore": "lore", "lore-no-kp": "lore"}
+           "lore": "lore", "lore-no-kp": "lore", "coop": "coop", "cocoop": "cocoop", "prograd": "prograd",
+           "maple": "maple"}
+TEXT_SIDE = {"coop", "cocoop", "prograd", "maple"}
+REFERENCES = ("b-b", "vpt-deep", "lore", "coop")
 DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -35,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--methods", default="b-b,vpt-deep,lore", help=f"comma list of {sorted(METHODS)}")
     parser.add_argument("--num-classes", type=int, default=100)
+    parser.add_argument("--knowledge", help="CLIP text tower of the prompt learners, clip:MODEL/TAG "
+                        "(default: the backbone's own)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
                         help="autocast dtype on CUDA (CPU always runs float32)")
@@ -44,16 +53,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="directory for bench.json")
 
 
-def _build(name: str, backbone: str, backbone_args, pretrained: bool, num_classes: int) -> nn.Module:
+def _build(name: str, backbone: str, backbone_args, pretrained: bool, num_classes: int,
+           knowledge: str | None = None) -> nn.Module:
+    from .backbone import build_black_box
+    from .knowledge import default_knowledge_spec
     from .models import build_model
+    from .models.coop import weightless
 
     torch.manual_seed(0)
     options: dict = {}
     if name.startswith("lore"):
         options = dict(knowledge=torch.nn.functional.normalize(torch.randn(num_classes, 512), dim=-1),
                        kp=name == "lore")
-    return build_model(METHODS[name], backbone, num_classes, pretrained=pretrained,
-                       backbone_args=backbone_args, **options)
+    black_box = build_black_box(backbone, pretrained=pretrained, backbone_args=backbone_args)
+    if name in TEXT_SIDE:
+        spec = knowledge or default_knowledge_spec(backbone)
+        options = dict(classnames=[f"class {i}" for i in range(num_classes)],
+                       text_tower=spec if pretrained else weightless(spec))
+        if name == "maple":  # the paper's J = 9, or every layer of a shallower test tower
+            options["depth"] = min(9, black_box.depth)
+        if name == "prograd":  # a stand-in zero-shot classifier: the cost does not depend on it
+            options["knowledge"] = torch.nn.functional.normalize(torch.randn(num_classes, black_box.out_dim), dim=-1)
+    return build_model(METHODS[name], black_box, num_classes, **options)
 
 
 def sync(device: torch.device) -> None:
@@ -90,7 +111,7 @@ class _SavedBytes:
 
 def run(backbone: str, methods: list[str], img_size: int = 224, batch: int = 32, device: str = "auto",
         dtype: str = "float32", repeats: int = 7, warmup: int = 2, backbone_args=None,
-        pretrained: bool = False, num_classes: int = 100) -> dict:
+        pretrained: bool = False, num_classes: int = 100, knowledge: str | None = None) -> dict:
     from .runs import resolve_device
 
     unknown = [m for m in methods if m not in METHODS]
@@ -100,7 +121,7 @@ def run(backbone: str, methods: list[str], img_size: int = 224, batch: int = 32,
         raise LoreError("--batch, --repeats must be >= 1, --warmup >= 0, --img-size >= 8")
     dev = resolve_device(device)
     amp = DTYPES[dtype] if dev.type == "cuda" and dtype != "float32" else None
-    models = {m: _build(m, backbone, backbone_args, pretrained, num_classes).to(dev) for m in methods}
+    models = {m: _build(m, backbone, backbone_args, pretrained, num_classes, knowledge).to(dev) for m in methods}
     optims = {m: torch.optim.SGD([p for p in mdl.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
               for m, mdl in models.items()}
     x = torch.randn(batch, 3, img_size, img_size, device=dev)
@@ -162,9 +183,10 @@ def _peak_memory(model, optim, train_step, m, dev: torch.device) -> float:
 
 
 def ratios(results: dict) -> dict:
-    """Every method against B-B and VPT-deep: throughput, training-step time, GFLOPs, memory."""
+    """Every method against B-B, VPT-deep, LORE and CoOp: throughput, training-step time, GFLOPs,
+    memory."""
     out = {}
-    for ref in ("b-b", "vpt-deep"):
+    for ref in REFERENCES:
         if ref not in results:
             continue
         r = results[ref]
@@ -206,7 +228,7 @@ def main(args: argparse.Namespace) -> dict:
     report = run(args.backbone, [m.strip() for m in args.methods.split(",") if m.strip()],
                  img_size=args.img_size, batch=args.batch, device=args.device, dtype=args.dtype,
                  repeats=args.repeats, warmup=args.warmup, backbone_args=args.backbone_args,
-                 pretrained=args.pretrained, num_classes=args.num_classes)
+                 pretrained=args.pretrained, num_classes=args.num_classes, knowledge=args.knowledge)
     print(format_table(report))
     if args.out:
         path = atomic_write_json(Path(args.out) / "bench.json", report)

@@ -744,3 +744,18 @@ def test_offline_pretrained_fails_without_network_attempts_and_leaves_nothing(co
     assert code == 2 and "could not fetch pre-trained weights" in err, err[-2000:]
     assert constants.HF_HUB_OFFLINE is True
     assert not out.exists()  # no folder holding only config.yaml
+
+
+def test_option_values_are_converted_or_refused_with_the_option_named():
+    from lore.config import make
+    from lore.errors import LoreError
+
+    cfg = make({"epochs": "1e1", "kp": "off", "lr": "1e-3", "template": 2024, "shots": None, "wd": 0})
+    assert (cfg.epochs, cfg.kp, cfg.lr, cfg.template, cfg.shots, cfg.wd) == (10, False, 1e-3, "2024", None, 0.0)
+    assert isinstance(cfg.wd, float)
+    for values, text in (({"epochs": None}, "--epochs needs a value"), ({"kp": "maybe"}, "--kp must be true or false"),
+                         ({"momentum": 1.0}, "--momentum must be in [0, 1)"), ({"lr": "inf"}, "--lr must be a finite"),
+                         ({"epochs": True}, "--epochs must be"), ({"backbone": ["x"]}, "--backbone must be text"),
+                         ({"batch_size": 2.5}, "--batch-size must be a whole number")):
+        with pytest.raises(LoreError, match=text.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+            make(values, source="c.yaml")

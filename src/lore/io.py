@@ -292,8 +292,9 @@ def inside_root(root: str | os.PathLike, name: str, source: str | os.PathLike, l
 
 
 # TrainConfig fields that name files or folders: stored absolute, so a run does not depend on the
-# folder it was started from (``lore eval --run`` elsewhere reads the same data).
-PATH_FIELDS = ("data", "classnames", "image_dir", "checkpoint", "out", "resume")
+# folder it was started from (``lore eval --run`` elsewhere reads the same data). Not image_dir: a
+# relative one is read from the (now absolute) data folder.
+PATH_FIELDS = ("data", "classnames", "checkpoint", "out", "resume")
 
 
 def absolute_paths(cfg: Any, names: tuple[str, ...] = PATH_FIELDS) -> Any:

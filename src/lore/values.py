@@ -42,6 +42,10 @@ def convert(name: str, annotation: str, value: Any, source: str) -> Any:
     """``value`` as the type ``annotation`` names (bool, int, float; others pass), or a LoreError."""
     kind = _kind(annotation)
     flag = "--" + name.replace("_", "-")
+    if kind is None and "str" in str(annotation) and value is not None and not isinstance(value, str):
+        if isinstance(value, (bool, list, dict)):
+            raise LoreError(f"{source}: {flag} must be text, got {value!r}")
+        return str(value)  # `template: 2024` or `data: 42` in YAML: the text the user typed
     if value is None or kind is None:
         if kind is not None and "None" not in str(annotation):
             raise LoreError(f"{source}: {flag} needs a value")

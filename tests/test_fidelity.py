@@ -264,3 +264,12 @@ def test_dry_run_states_both_trainable_shares_and_what_gflops_count(tmp_path, ca
     assert "multiply-adds" in summary["gflops_count"]
     printed = capsys.readouterr().out
     assert "of CLIP image + text towers" in printed and "of image tower" in printed
+
+
+def test_easy_to_hard_runs_for_a_method_without_wrong_class(marks, tmp_path):
+    out = tmp_path / "linear-e2h"
+    assert lore_cli("train", "--method", "linear", *TINY_BACKBONE, "--data", marks, "--out", out,
+                    "--epochs", "1", "--batch-size", "8", "--curriculum", "easy-to-hard", "--shots", "2",
+                    "--stage-h-epochs", "1") == 0
+    final = json.loads((out / "final.json").read_text())
+    assert set(final["stages"]) <= {"e", "h"} and "e" in final["stages"]

@@ -611,6 +611,7 @@ def _easy_to_hard(ctx: Context, model: nn.Module, train_all: list, test: list, v
     if not hard:
         ctx.log("stage h skipped: the stage-e model classifies every training image correctly")
         return stages
+    negatives = predictions[hard] if hasattr(model, "set_negatives") else None  # LORE's p only
     _fit(ctx, model, [train_all[i] for i in hard], cfg.stage_h_lr, "h", val, knowledge, classnames,
-         epochs=cfg.stage_h_epochs, negatives=predictions[hard])
+         epochs=cfg.stage_h_epochs, negatives=negatives)
     return stages

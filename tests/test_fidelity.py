@@ -273,3 +273,15 @@ def test_easy_to_hard_runs_for_a_method_without_wrong_class(marks, tmp_path):
                     "--stage-h-epochs", "1") == 0
     final = json.loads((out / "final.json").read_text())
     assert set(final["stages"]) <= {"e", "h"} and "e" in final["stages"]
+
+
+def test_paper_recipes_carry_the_reference_training_transform():
+    from lore.recipes import lookup
+
+    def recipe(dataset: str, method: str = "lore") -> dict:
+        return lookup(dataset, method, CLIP_B16, 16)
+
+    assert recipe("flowers")["aug"] == "flip" and "train_crop_pct" not in recipe("flowers")
+    assert recipe("resisc45")["aug"] == "flip" and recipe("resisc45")["train_crop_pct"] == 0.875
+    assert recipe("imagenet")["aug"] == "rrc-flip" and recipe("dogs")["aug"] == "rrc-flip"
+    assert recipe("cifar100", "vpt-deep")["aug"] == "flip"  # the ablation compares like with like

@@ -19,7 +19,7 @@ RECIPE_DIR = Path(__file__).parent
 RECIPES = ("paper",)
 # the options a method borrows with ``schedule_of`` (how long and how fast it trains, not what it is)
 SCHEDULE_KEYS = ("epochs", "batch_size", "lr", "min_lr", "wd", "warmup_epochs", "warmup_lr",
-                 "stage_h_epochs", "stage_h_lr")
+                 "stage_h_epochs", "stage_h_lr", "aug", "train_crop_pct")
 META_KEYS = {"source", "notes"}
 
 
@@ -65,11 +65,12 @@ def _lore_entry(dataset: str, backbone: str, regime: str, shots: int) -> dict:
             break
         entry = per_backbone[entry["same_as"]]
     table = entry.get(regime) or {}
+    transform = dict(_read(path).get("transform") or {})  # the reference's per-dataset augmentation
     if shots not in table:
         have = [f"{r} {k}-shot" for r in ("fewshot", "easy-to-hard") for k in (entry.get(r) or {})]
         raise LoreError(f"--recipe paper: {path} has no {regime} {shots}-shot LORE recipe for {key}; "
                         f"it has: {', '.join(have) or 'none'}")
-    return dict(table[shots])
+    return {**transform, **table[shots]}
 
 
 def lookup(dataset: str, method: str, backbone: str, shots: int | None,

@@ -759,3 +759,21 @@ def test_option_values_are_converted_or_refused_with_the_option_named():
                          ({"batch_size": 2.5}, "--batch-size must be a whole number")):
         with pytest.raises(LoreError, match=text.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
             make(values, source="c.yaml")
+
+
+def test_sweep_goes_on_after_a_cell_crashes_with_any_error(colors, tmp_path, monkeypatch):
+    import lore.train
+
+    def fake_run(cfg):
+        if cfg.method == "lore":
+            raise RuntimeError("Expected more than 1 value per channel when training")
+        return {"test_acc1": 0.5}
+
+    monkeypatch.setattr(lore.train, "run", fake_run)
+    code = lore_cli("sweep", "--methods", "lore,linear", "--datasets", f"c={colors}", "--shots", 1, "--seeds", "1,2",
+                    *TINY_BACKBONE, "--epochs", 1, "--out", tmp_path / "sweep")
+    assert code == 2
+    table = json.loads((tmp_path / "sweep" / "table.json").read_text())
+    status = {(r["method"], run["seed"]): run["status"] for r in table["cells"] for run in r["runs"]}
+    assert status == {("lore", 1): "failed", ("lore", 2): "failed", ("linear", 1): "done", ("linear", 2): "done"}
+    assert "Expected more than 1 value" in table["failed"][0]["error"]

@@ -581,8 +581,9 @@ def test_rejected_sweep_rerun_leaves_the_finished_table(colors, tmp_path, capsys
     assert lore_cli(*args) == 0
     before = _snapshot(sweep)
     assert lore_cli(*args, "--lr", "0.01") == 2
-    assert "was run with other options" in capsys.readouterr().err
+    assert "was run with other options (lr: 0.003 there, 0.01 now)" in capsys.readouterr().err
     assert _snapshot(sweep) == before
+    assert lore_cli(*args) == 0  # the same options again: the finished cell is kept
 
 
 # ============================================================================ issue 15, items 7 and 8

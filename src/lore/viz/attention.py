@@ -1,5 +1,6 @@
 """``lore attention``: where the CLS token of the plain backbone (B-B) and of a trained run looks,
-and where KLA looks for a class, overlaid on the input images.
+and where KLA looks for a class, overlaid on the input images. With ``--backbone NAME`` instead of
+``--run`` only the bare pre-trained backbone is shown (the paper's figure 1a), no training needed.
 
 Every map is a row of the softmax attention matrix the ViT computes in the chosen block, as
 returned by ``BlackBox.forward(attn_layers=...)`` (recomputed there from the block's own q/k
@@ -7,8 +8,8 @@ projections, because timm's fused attention kernel never materialises the weight
 no rollout: what is shown is what the block used.
 
 Outputs, next to ``--out FIG.png``:
-- ``FIG.png``: per image one row: input | B-B CLS | KLA (class) | run CLS; with ``--per-head`` two
-  more rows per image, one panel per head of B-B and of the run.
+- ``FIG.png``: per image one row: input | B-B CLS | KLA (class) | run CLS (``--backbone``: input |
+  B-B CLS); with ``--per-head`` more rows per image, one panel per head of B-B and of the run.
 - ``FIG.npz``: the raw maps at token-grid resolution (see :func:`compute_maps` for the keys), so
   numbers can be checked; ``FIG.json``: what was drawn (images, classes, layer, notes).
 """
@@ -105,6 +106,11 @@ def cls_attention(features: dict, layer: int) -> tuple[torch.Tensor, torch.Tenso
     return row, row[..., start:].reshape(*row.shape[:2], h, w)
 
 
+def is_bare(model: nn.Module) -> bool:
+    """The plain backbone (B-B) itself: nothing trained to compare it with, no classes to predict."""
+    return getattr(model, "method", None) == "b-b"
+
+
 def has_kla(model: nn.Module) -> bool:
     return (hasattr(model, "kla_attention") and getattr(model, "kla", None) is not None
             and getattr(model, "knowledge", None) is not None)
@@ -120,6 +126,7 @@ def compute_maps(model: nn.Module, images: torch.Tensor, layer: int, labels: lis
     (N, H, h, w) patch part per head; ``bb_cls`` / ``run_cls`` (N, h, w) heads averaged;
     ``pred`` (N,) the run's predicted class; with KLA: ``kla`` (N, h, w) KLA attention of the
     class ``kla_class`` (N,), the true class where ``labels`` are given, else the prediction.
+    For a bare backbone (:func:`is_bare`) only the ``bb_*`` keys.
     """
     from ..models import build_model
 
@@ -131,14 +138,17 @@ def compute_maps(model: nn.Module, images: torch.Tensor, layer: int, labels: lis
         out.setdefault(key, []).append(value.float().cpu())
 
     kla = has_kla(model)
+    bare = is_bare(model)
     label_t = torch.tensor(labels) if labels is not None else None
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device)
-        for name, m in (("bb", bb), ("run", model)):
+        for name, m in (("bb", bb),) if bare else (("bb", bb), ("run", model)):
             row, heads = cls_attention(m.features(x, attn_layers=(layer,)), layer)
             add(f"{name}_cls_row", row)
             add(f"{name}_cls_heads", heads)
             add(f"{name}_cls", heads.mean(dim=1))
+        if bare:
+            continue
         pred = model(x).argmax(dim=-1)
         add("pred", pred)
         if kla:
@@ -203,16 +213,19 @@ def build_panels(names: list[str], maps: dict[str, np.ndarray], size: int, metho
     panels = []
     for i, name in enumerate(names):
         # the share of CLS attention that lands on patches at all (the rest goes to CLS/prompts)
-        row = [(f"{name}\npred: {label(int(maps['pred'][i]))}", i, None),
+        title = f"{name}\npred: {label(int(maps['pred'][i]))}" if "pred" in maps else name
+        row = [(title, i, None),
                (f"B-B CLS, heads mean\n{maps['bb_cls'][i].sum():.0%} on patches", i, up["bb_cls"][i])]
         if "kla" in up:
             row.append((f"KLA: {label(int(maps['kla_class'][i]))}\n({class_source})", i, up["kla"][i]))
-        row.append((f"{method} CLS, heads mean\n{maps['run_cls'][i].sum():.0%} on patches", i,
-                    up["run_cls"][i]))
+        if "run_cls" in up:
+            row.append((f"{method} CLS, heads mean\n{maps['run_cls'][i].sum():.0%} on patches", i,
+                        up["run_cls"][i]))
         panels.append(row)
         if per_head:
             for key, who in (("bb_cls_heads", "B-B"), ("run_cls_heads", method)):
-                panels.append([(f"{who} head {h}", i, m) for h, m in enumerate(up[key][i])])
+                if key in up:
+                    panels.append([(f"{who} head {h}", i, m) for h, m in enumerate(up[key][i])])
     return panels
 
 
@@ -221,10 +234,17 @@ def build_panels(names: list[str], maps: dict[str, np.ndarray], size: int, metho
 
 
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+BARE_IMG_SIZE = 224  # --backbone without --img-size: the paper's input size, not the hub's (DINOv2: 518)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="run directory written by `lore train`")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--run", help="run directory written by `lore train`")
+    model.add_argument("--backbone", help="timm ViT name: the bare pre-trained backbone only (B-B; "
+                       "needs --data or --images)")
+    parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                        help="with --backbone: load pre-trained weights (default: yes)")
+    parser.add_argument("--backbone-args", help="with --backbone: key=value,... for timm.create_model")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--images", nargs="+", metavar="IMG", help="image files (KLA uses the predicted class)")
     src.add_argument("--data", help="dataset to take --n images from (KLA uses the true class); "
@@ -235,14 +255,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="figure file (FIG.png); raw maps go to FIG.npz")
     parser.add_argument("--per-head", action="store_true", help="also one panel per attention head")
     parser.add_argument("--layer", type=int, default=-1, help="block index, 0-based (default -1: the last)")
-    parser.add_argument("--img-size", type=int, help="input size (default: the run's)")
+    parser.add_argument("--img-size", type=int,
+                        help=f"input size (default: the run's; with --backbone {BARE_IMG_SIZE})")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
-    parser.add_argument("--checkpoint", help="backbone weights, if they moved since training")
+    parser.add_argument("--checkpoint", help="backbone weights (with --run: if they moved since training)")
+
+
+def load_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, dict]:
+    """The run's model and metadata, or the bare backbone with the metadata a run would give."""
+    from ..checkpoint import load_run
+    from ..models import build_model
+
+    if args.run:
+        return load_run(args.run, device, backbone_checkpoint=args.checkpoint)
+    if not (args.data or args.images):
+        raise LoreError("--backbone: pass --data PATH or --images IMG... (there is no run to take "
+                        "images from)")
+    model = build_model("b-b", args.backbone, 0, pretrained=args.pretrained, checkpoint=args.checkpoint,
+                        backbone_args=args.backbone_args)
+    return model.to(device).eval(), {"backbone": args.backbone, "method": "b-b",
+                                     "img_size": BARE_IMG_SIZE}
 
 
 def main(args: argparse.Namespace) -> dict:
-    from ..checkpoint import load_run
     from ..io import atomic_save, atomic_write_json, check_output_file
     from ..runs import resolve_device
 
@@ -250,12 +286,13 @@ def main(args: argparse.Namespace) -> dict:
     if args.batch_size < 1:
         raise LoreError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device)
-    model, meta = load_run(args.run, device, backbone_checkpoint=args.checkpoint)
+    model, meta = load_model(args, device)
     classnames = list(meta.get("classnames") or [])
     if args.images:
         paths, labels = list(args.images), None
     else:
-        samples = dataset_samples(args.data, args.format, args.split, args.n, meta, check_classes=True)
+        samples = dataset_samples(args.data, args.format, args.split, args.n, meta,
+                                  check_classes=not is_bare(model))
         paths, labels = [p for p, _ in samples], [y for _, y in samples]
     layer = resolve_layer(args.layer, model.black_box.depth)
     size = image_size(meta, model, args.img_size)
@@ -263,7 +300,7 @@ def main(args: argparse.Namespace) -> dict:
     images = load_images(paths, size, data_config)
 
     notes = []
-    if not has_kla(model):
+    if not has_kla(model) and not is_bare(model):
         why = ("it has no KLA (trained with --no-kp or another method)" if getattr(model, "kla", None) is None
                else "its knowledge.safetensors is missing")
         notes.append(f"KLA column skipped: {why}")
@@ -285,10 +322,10 @@ def main(args: argparse.Namespace) -> dict:
             np.savez_compressed(f, **arrays)
 
     atomic_save(npz, save_npz)
-    info = {"run": str(args.run), "method": method, "backbone": meta.get("backbone"), "layer": layer,
+    info = {"run": str(args.run) if args.run else None, "method": method, "backbone": meta.get("backbone"), "layer": layer,
             "img_size": size, "patch_size": model.black_box.patch_size,
             "grid": list(maps["bb_cls"].shape[1:]), "images": paths, "labels": labels,
-            "predicted": maps["pred"].tolist(),
+            "predicted": maps["pred"].tolist() if "pred" in maps else None,
             "kla_class": maps["kla_class"].tolist() if "kla_class" in maps else None,
             "kla_class_source": class_source if "kla" in maps else None, "classnames": classnames,
             "per_head": bool(args.per_head), "figure": str(out), "maps": str(npz), "notes": notes}

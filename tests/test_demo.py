@@ -178,3 +178,18 @@ def test_demo_fair_protocol_table_and_report(tmp_path, wheel, capsys):
     # a second run reuses every finished run
     assert lore_cli(*args) == 0
     assert "cached" in capsys.readouterr().err
+
+
+def test_demo_single_grid_point_needs_no_validation_runs(tmp_path):
+    import argparse
+
+    from lore.demo import add_arguments, select
+
+    args = argparse.Namespace(lrs=[0.05], wds=[0.5])
+    picked = select(tmp_path, args, ["linear", "lore"], tmp_path / "none.json", "file:none")
+    assert picked == {m: {"lr": 0.05, "wd": 0.5, "val_acc": None, "grid": []} for m in ("linear", "lore")}
+    assert not list(tmp_path.iterdir())
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(SystemExit):  # a malformed grid is refused before anything runs
+        parser.parse_args(["--lrs", "0.1,x"])

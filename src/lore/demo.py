@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shots", type=int, default=16, help="training images per class")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the final runs (mean ± std)")
     parser.add_argument("--seed", type=int, default=1993, help="first seed")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs per run")
+    parser.add_argument("--epochs", type=int, default=8, help="epochs per run")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lrs", type=_floats, default=[0.01, 0.05], help="learning-rate grid (all methods)")
     parser.add_argument("--wds", type=_floats, default=[1e-3, 0.5], help="weight-decay grid (all methods)")
@@ -233,6 +233,8 @@ def select(out: Path, args, methods: list[str], data: Path, knowledge: str) -> d
     """Per method: validation accuracy of every grid point and the picked (lr, wd). Ties go to the
     first point in grid order (lrs outer, wds inner)."""
     grid = list(itertools.product(args.lrs, args.wds))
+    if len(grid) == 1:  # nothing to choose: no validation runs
+        return {m: {"lr": grid[0][0], "wd": grid[0][1], "val_acc": None, "grid": []} for m in methods}
     picked = {}
     for m in methods:
         scores = []
@@ -284,7 +286,8 @@ def table(picked: dict[str, dict], results: dict[str, list[dict]]) -> tuple[str,
     for m, s in summary.items():
         acc = f"{s['test_acc_mean']:.2f} ± {s['test_acc_std']:.2f}"
         acc = f"**{acc}**" if f"{s['test_acc_mean']:.2f}" == best else acc
-        rows.append(f"| {m} | {s['lr']:g} | {s['wd']:g} | {100 * s['val_acc']:.2f} | {acc} | "
+        val = "–" if s["val_acc"] is None else f"{100 * s['val_acc']:.2f}"
+        rows.append(f"| {m} | {s['lr']:g} | {s['wd']:g} | {val} | {acc} | "
                     f"{len(s['seeds'])} | {s['trainable_params']:,} |")
     return "\n".join(rows), summary
 

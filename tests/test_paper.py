@@ -95,9 +95,9 @@ def test_recipes_hold_the_reference_configs() -> None:
         (0.002, 200, 32, 1, 1e-5)
     assert lookup("imagenet", "coop", CLIP_B16, 16)["epochs"] == 50
     assert lookup("dtd", "maple", CLIP_B16, 8)["lr"] == 0.0035
-    # VPT in the ablation trains on LORE's schedule, without LORE's prompt budget
+    # VPT in the ablation trains on LORE's schedule and augmentation, without LORE's prompt budget
     assert lookup("dtd", "vpt-deep", CLIP_B16, 16) == {k: v for k, v in lookup("dtd", "lore", CLIP_B16, 16).items()
-                                                       if k in ("epochs", "batch_size", "lr", "min_lr", "wd")}
+                                                       if k in ("epochs", "batch_size", "lr", "min_lr", "wd", "aug")}
 
 
 def test_a_missing_recipe_names_the_file_and_what_exists() -> None:

@@ -198,7 +198,7 @@ CASES = {
     "bench --out is an existing file": (lambda w: [*BENCH, "--out", _file(w)], 2, "is a file"),
     "sweep --out is an existing file": (
         lambda w: ["sweep", "--methods", "linear", "--datasets", f"c={w['colors']}", "--shots", 1, "--seeds", 1,
-                   *TINY_BACKBONE, "--epochs", 1, "--out", _file(w)], 2, "afile"),
+                   *TINY_BACKBONE, "--epochs", 1, "--out", _file(w)], 2, "afile is a file where a folder is needed"),
     "train --out on a read-only place": (lambda w: [*TRAIN, "--data", w["colors"], "--out", READ_ONLY], 2,
                                          "cannot write"),
     "eval --out on a read-only place": (lambda w: ["eval", "--run", w["run"], "--out", READ_ONLY], 2, "cannot write"),

@@ -4,6 +4,7 @@ and exit status 2."""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import signal
 import sys
@@ -212,8 +213,10 @@ def _main(argv: list[str]) -> int:
     except OSError as e:  # the environment said no (disk full, read-only, permissions): one line too
         if e.errno is None:
             raise
-        where = f"{e.filename}: " if e.filename else ""
-        _error_line(f"{where}{e.strerror or e}")
+        if e.errno in (errno.EEXIST, errno.ENOTDIR) and e.filename:
+            _error_line(f"{e.filename} is a file where a folder is needed; choose another --out")
+        else:
+            _error_line(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
         return 2
     except KeyboardInterrupt:
         print("lore: interrupted", file=sys.stderr)

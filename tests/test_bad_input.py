@@ -778,3 +778,15 @@ def test_sweep_goes_on_after_a_cell_crashes_with_any_error(colors, tmp_path, mon
     status = {(r["method"], run["seed"]): run["status"] for r in table["cells"] for run in r["runs"]}
     assert status == {("lore", 1): "failed", ("lore", 2): "failed", ("linear", 1): "done", ("linear", 2): "done"}
     assert "Expected more than 1 value" in table["failed"][0]["error"]
+
+
+def test_a_class_without_training_images_is_warned_about(colors, tmp_path, capsys):
+    root = tmp_path / "csvdata"
+    root.mkdir()
+    train = [p for c in ("red", "green") for p in sorted((colors / "train" / c).iterdir())]
+    test = [p for c in ("red", "green", "blue") for p in sorted((colors / "test" / c).iterdir())]
+    (root / "train.csv").write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in train))
+    (root / "test.csv").write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in test))
+    assert lore_cli(*TRAIN, "--data", root, "--format", "csv", "--out", tmp_path / "run") == 0
+    err = capsys.readouterr().err
+    assert "lore: warning:" in err and "1 class(es) have no training image, e.g. 'blue'" in err

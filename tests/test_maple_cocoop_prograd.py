@@ -369,3 +369,15 @@ def test_dry_run_counts_maple_on_clip_b16_as_published(tmp_path: Path) -> None:
     assert rc == 0
     summary = json.loads((tmp_path / "model_summary.json").read_text())
     assert summary["trainable_params"] == 3_555_072  # the paper: 3.55M
+
+
+def test_config_options_reach_each_method() -> None:
+    from lore.config import make
+    from lore.models.coop import text_side_options
+
+    assert text_side_options(make({"method": "cocoop", "cocoop_ctx": 6})) == {"n_ctx": 6}
+    assert text_side_options(make({"method": "maple"})) == {"n_ctx": 2, "depth": 9}
+    prograd = text_side_options(make({"method": "prograd", "prograd_lambda": 0.8}))
+    assert prograd == {"n_ctx": 16, "csc": False, "lam": 0.8, "ctx_init": "a photo of a"}
+    # like the reference, ProGrad's context starts from the words of its zero-shot template
+    assert text_side_options(make({"method": "prograd", "template": "a texture of {}."}))["ctx_init"] == "a texture of"

@@ -259,7 +259,8 @@ def text_side_options(cfg) -> dict:
     if cfg.method == "cocoop":
         return dict(n_ctx=cfg.cocoop_ctx)
     if cfg.method == "prograd":
-        return dict(n_ctx=cfg.coop_ctx, csc=cfg.coop_csc, lam=cfg.prograd_lambda)
+        return dict(n_ctx=cfg.coop_ctx, csc=cfg.coop_csc, lam=cfg.prograd_lambda,
+                    ctx_init=template_words(cfg.template) or "a photo of a")
     if cfg.method == "maple":
         return dict(n_ctx=cfg.maple_ctx, depth=cfg.maple_depth)
     raise LoreError(f"--method {cfg.method} has no CLIP text-side options")
@@ -275,3 +276,11 @@ def check_text_side(cfg) -> None:
         raise LoreError(f"--method {cfg.method} needs a CLIP backbone whose image embedding lives in the "
                         f"text space (e.g. vit_base_patch16_clip_quickgelu_224.openai), got {cfg.backbone}")
     open_clip_arg(cfg.knowledge or default_knowledge_spec(cfg.backbone))
+
+
+def template_words(template: str | None) -> str | None:
+    """The words before the class name of a one-sentence template ("a texture of {}." -> "a texture
+    of"): ProGrad starts its context from the template its zero-shot classifier uses."""
+    if not template or template.count("{}") != 1 or not template.rstrip().endswith("{}."):
+        return None
+    return template.rstrip()[:-3].strip() or None

@@ -40,7 +40,7 @@ def test_bench_rejects_unknown_method(capsys):
 
 
 def test_bench_times_the_clip_prompt_learners_beside_lore(tmp_path):
-    clip = tmp_path / "lore-tiny.json"
+    clip = tmp_path / "lore-tiny-bench.json"
     clip.write_text(json.dumps({"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32,
                                                                   "head_width": 16, "patch_size": 8},
                                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32,

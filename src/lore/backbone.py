@@ -157,7 +157,7 @@ def create_vit(
     if not has_clip_projection(name):
         kwargs.setdefault("num_classes", 0)
     from . import pretrained as offline  # names built from other sources than the timm hub
-    if pretrained and checkpoint is None:
+    if pretrained and checkpoint is None and not offline.is_registered(name):
         hub_offline_if_unreachable()  # no network: fail (or use the cache) at once, not after retries
     try:
         create = offline.create if offline.is_registered(name) else timm.create_model

@@ -34,3 +34,17 @@ def knowledge_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("knowledge") / "k.npy"
     np.save(path, np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32))
     return path
+
+
+def tiny_clip_spec(folder: Path, text_layers: int = 1) -> str:
+    """A random-init open_clip config small enough for tests, as a ``clip:<json>/none`` spec (its
+    file name is the model name open_clip registers, so each depth gets its own)."""
+    import json
+
+    config = {"embed_dim": 32,
+              "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
+                           "layers": text_layers}}
+    path = folder / f"lore-tiny-text{text_layers}.json"
+    path.write_text(json.dumps(config))
+    return f"clip:{path}/none"

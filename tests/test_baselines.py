@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_clip_spec
 from safetensors.torch import load_file
 
 import lore.models.clip_adapter  # noqa: F401  (registers the methods)
@@ -23,18 +24,13 @@ from lore.models import build_model
 
 BACKBONE = "vit_base_patch16_clip_quickgelu_224.openai"
 BACKBONE_ARGS = "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2,num_classes=32"
-TINY_CLIP = {"embed_dim": 32,
-             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 NAMES = ["red", "green", "blue", "yellow"]
 C = len(NAMES)
 
 
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("clip") / "lore-tiny.json"
-    path.write_text(json.dumps(TINY_CLIP))
-    return f"clip:{path}/none"
+    return tiny_clip_spec(tmp_path_factory.mktemp("clip"), text_layers=1)
 
 
 @pytest.fixture(scope="module")

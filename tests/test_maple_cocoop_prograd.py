@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_clip_spec
 
 from lore.backbone import build_black_box
 from lore.checkpoint import load_run, save_model
@@ -20,9 +21,6 @@ from lore.models.prograd import kl_to_zeroshot, project_conflicting
 BACKBONE = "vit_base_patch16_clip_quickgelu_224.openai"
 # average pooling: a random CLS token barely depends on the image, the mean patch token does
 BACKBONE_ARGS = "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2,num_classes=32,global_pool=avg"
-TINY_CLIP = {"embed_dim": 32,
-             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
 NAMES = ["blue", "green", "red", "yellow"]  # the colour dataset's classes, in folder order
 C = len(NAMES)
 W = 32  # text width = joint embedding width of the tiny CLIP
@@ -31,9 +29,7 @@ D = 64  # image tower width
 
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("clip") / "lore-tiny2.json"
-    path.write_text(json.dumps(TINY_CLIP))
-    return f"clip:{path}/none"
+    return tiny_clip_spec(tmp_path_factory.mktemp("clip"), text_layers=2)
 
 
 @pytest.fixture(scope="module")

@@ -168,7 +168,44 @@ def class_prompts(clip_model: nn.Module, tokenizer, classnames: list[str], n_ctx
     return tokens, embedded[:, :1].clone(), embedded[:, 1 + n_ctx:].clone(), init
 
 
-class CoOp(AdaptedViT):
+class ClassTextHead:
+    """Mixin of the prompt learners that classify by 100 * cos(image, class text feature).
+
+    At inference the learnt text parameters are fixed, so the classes are encoded once and kept
+    until one of ``text_parameters()`` changes (optimizer steps and load_state_dict bump a
+    parameter's version counter). The frozen text tower is never saved: it comes back from its
+    spec, like the frozen image tower."""
+
+    _cache: tuple[tuple, torch.Tensor] | None = None
+
+    def text_parameters(self) -> tuple[torch.Tensor, ...]:
+        return (self.ctx,)
+
+    def _class_features(self) -> torch.Tensor:
+        if self.training or torch.is_grad_enabled():
+            return self.text_features()
+        key = tuple((p._version, p.data_ptr(), p.device) for p in self.text_parameters())
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.text_features())
+        return self._cache[1]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not mode:  # entering eval: encode the classes now, not as part of the first image's cost
+            with torch.no_grad():
+                self._class_features()
+        return self
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, d) image embeddings -> (B, C) logits, 100 * cos(image, class text feature)."""
+        text = self._class_features()
+        return CLIP_LOGIT_SCALE * F.normalize(x, dim=-1) @ F.normalize(text, dim=-1).to(x.dtype).t()
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in super().trainable_state_dict().items() if not k.startswith("text_tower.")}
+
+
+class CoOp(ClassTextHead, AdaptedViT):
     method = "coop"
 
     def __init__(self, black_box: BlackBox, num_classes: int, classnames: list[str], text_tower: str,
@@ -193,7 +230,6 @@ class CoOp(AdaptedViT):
         self.register_buffer("token_suffix", suffix, persistent=False)
         shape = (num_classes, n_ctx, width) if csc else (n_ctx, width)
         self.ctx = nn.Parameter(init.expand(shape).clone() if init is not None else torch.randn(shape) * 0.02)
-        self._cache: tuple[tuple, torch.Tensor] | None = None
         if self.text_tower.out_dim != black_box.out_dim:
             raise LoreError(f"--method {self.method}: the text tower {text_tower} embeds into "
                             f"{self.text_tower.out_dim}-d but the "
@@ -205,34 +241,8 @@ class CoOp(AdaptedViT):
         prefix, suffix = self.token_prefix.to(ctx.dtype), self.token_suffix.to(ctx.dtype)
         return self.text_tower(torch.cat([prefix, ctx, suffix], dim=1), self.tokens)
 
-    def _class_features(self) -> torch.Tensor:
-        # inference: the context is fixed, so encode the classes once (re-done when ctx changes:
-        # optimizer steps and load_state_dict bump the parameter's version counter)
-        if self.training or torch.is_grad_enabled():
-            return self.text_features()
-        key = (self.ctx._version, self.ctx.data_ptr(), self.ctx.device)
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self.text_features())
-        return self._cache[1]
-
-    def train(self, mode: bool = True) -> "CoOp":
-        super().train(mode)
-        if not mode:  # entering eval: encode the classes now, not as part of the first image's cost
-            with torch.no_grad():
-                self._class_features()
-        return self
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.logits(image_embedding(self.black_box, images))
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, d) image embeddings -> (B, C) logits, 100 * cos(image, class text feature)."""
-        text = self._class_features()
-        return CLIP_LOGIT_SCALE * F.normalize(x, dim=-1) @ F.normalize(text, dim=-1).to(x.dtype).t()
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        # the frozen text tower comes back from its spec, like the frozen image tower
-        return {k: v for k, v in super().trainable_state_dict().items() if not k.startswith("text_tower.")}
 
 
 @register("coop")

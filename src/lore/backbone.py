@@ -61,12 +61,18 @@ class BlackBoxOutput:
 _FINE_TUNED_MARKS = ("ft", "in1k", "in12k", "in21k", "in22k")
 
 
+def _pretrained_cfg(name: str):
+    """timm's pre-trained config of ``name`` (a bare name resolves to the default tag), or None for
+    a tag timm does not know (lore.pretrained names, typos: building the model reports those)."""
+    try:
+        return timm.models.get_pretrained_cfg(name)
+    except RuntimeError:
+        return None
+
+
 def resolved_tag(name: str) -> str:
     """The pre-trained tag timm uses for ``name`` (a bare name resolves to the default tag)."""
-    try:
-        cfg = timm.models.get_pretrained_cfg(name)
-    except RuntimeError:  # a tag timm does not know (lore.pretrained names, typos)
-        cfg = None
+    cfg = _pretrained_cfg(name)
     return (cfg.tag if cfg is not None else None) or name.partition(".")[2]
 
 
@@ -81,7 +87,7 @@ def has_clip_projection(name: str) -> bool:
 
 def pretrained_crop_pct(name: str) -> float:
     """The test-time crop fraction of the backbone's pre-trained config (timm's default if unknown)."""
-    cfg = timm.models.get_pretrained_cfg(name) or timm.models.get_pretrained_cfg(name.partition(".")[0])
+    cfg = _pretrained_cfg(name) or _pretrained_cfg(name.partition(".")[0])
     return float(cfg.crop_pct) if cfg is not None and cfg.crop_pct else timm.data.DEFAULT_CROP_PCT
 
 

@@ -25,16 +25,15 @@ from . import config as config_mod
 from .backbone import clip_logits
 from .checkpoint import load_train_state, save_model, save_train_state
 from .config import TrainConfig
-from .data.catalog import knowledge_template, load_paper_dataset, zeroshot_templates
-from .data.datasets import Splits
 from .curriculum import select_easy, select_hard
 from .data import (EpochBatchSampler, ImageDataset, ShardedSampler, eval_transform, few_shot_indices,
                    load_dataset, train_transform)
+from .data.catalog import knowledge_template, load_paper_dataset, zeroshot_templates
+from .data.datasets import Splits, check_headers
+from .data.sampling import check_batch_for_norm
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .errors import LoreError
 from .flops import GFLOPS_COUNT, count_gflops, count_params, parameter_shares, text_tower_params
-from .data.datasets import check_headers
-from .data.sampling import check_batch_for_norm
 from .io import absolute_paths, atomic_write_json, atomic_write_text, check_output_dir
 from .knowledge import (NEGATIVE_TEMPLATE, ZEROSHOT_TEMPLATE, cached_class_embeddings, default_knowledge_spec,
                         read_templates)
@@ -579,7 +578,7 @@ def _encode(ctx: Context, model: nn.Module, samples: list, use_prompts: bool = F
 
 def _zero_shot_predictions(ctx: Context, model: nn.Module, samples: list, classnames: list[str]) -> torch.Tensor:
     """The frozen CLIP's zero-shot prediction for every training image (computed once), with the
-    reference's template "a photo of a {}" and the run's test-time transform."""""
+    reference's template "a photo of a {}" and the run's test-time transform."""
     # the backbone's own text tower, whatever the knowledge source
     text = _rank0_cached(ctx, "zeroshot_text.safetensors", text_tower_spec(ctx.cfg), classnames, [NEGATIVE_TEMPLATE])
     if text.shape[1] != model.black_box.out_dim:

@@ -229,6 +229,39 @@ def test_match_keypoints_follows_a_shifted_image() -> None:
     assert ((pred - torch.tensor([3.5, 0.0]) - last * torch.tensor([0.0, 1.0])).abs() <= 4).all()
 
 
+def test_extractor_layer_reads_an_earlier_block(extractor: Extractor) -> None:
+    """--layer: block i's patch tokens as that block leaves them (what timm's
+    forward_intermediates returns); the last block (-1 or depth-1) is the final-normed default."""
+    from lore.models import build_model
+
+    vit = extractor.black_box.vit
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    first = Extractor(extractor.model, layer=0).features(x)["patches"]
+    # (B, patches, D): timm leaves the prefix tokens out
+    expected = vit.forward_intermediates(x, indices=[0], norm=False, output_fmt="NLC", intermediates_only=True)[0]
+    assert torch.allclose(first, expected.reshape(2, 4, 4, 64), atol=1e-5)
+    last = extractor.features(x)["patches"]
+    assert torch.equal(Extractor(extractor.model, layer=1).features(x)["patches"], last)
+    assert not torch.allclose(first, last)
+    # with prompts (VPT-deep) the earlier block's tokens are the patch slots, prompts left out
+    torch.manual_seed(0)
+    vpt = Extractor(build_model("vpt-deep", extractor.black_box, 3, num_prompts=5), layer=0)
+    assert vpt.features(x)["patches"].shape == (2, 4, 4, 64)
+    with pytest.raises(LoreError, match="--layer 2: the backbone has 2 blocks"):
+        Extractor(extractor.model, layer=2)
+
+
+def test_correspond_cli_layer(tmp_path: Path) -> None:
+    root = make_spair(tmp_path / "spair")
+    out = tmp_path / "out"
+    assert lore_cli("correspond", "--root", root, "--imsize", 128, "--layer", 0, "--out", out, *MODEL_ARGS) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["layer"] == 0 and res["pck"] == pytest.approx(1.0)  # identical pairs at any block
+    assert lore_cli("correspond", "--root", root, "--imsize", 128, "--layer", 5, "--out", tmp_path / "o2",
+                    *MODEL_ARGS) == 2
+    assert not (tmp_path / "o2" / "results.json").exists()
+
+
 def test_correspondence_bad_inputs(tmp_path: Path) -> None:
     root = make_spair(tmp_path)
     with pytest.raises(LoreError, match="found splits: test"):

@@ -172,20 +172,26 @@ def make_spair(root: Path) -> Path:
 
 def test_correspondence_follows_a_known_affine_warp(tmp_path: Path, real: Extractor) -> None:
     pairs = correspondence.read_spair(make_spair(tmp_path), "test")
-    scores = correspondence.evaluate(real, pairs, imsize=224, alpha=0.1)  # mutual nearest neighbours
+    block8 = Extractor(real.model, device="cpu", layer=7)  # 0-based: the 8th of 12 blocks
+    mutual = correspondence.evaluate(block8, pairs, imsize=224, alpha=0.1)
+    nearest = correspondence.evaluate(block8, pairs, imsize=224, alpha=0.1, match="nn")
+    last = correspondence.evaluate(real, pairs, imsize=224, alpha=0.1)  # the paper's: last block, mutual
     # the trivial answer "the point did not move" (what a featureless matcher would give)
     thresholds = [np.full(len(p.src_kps), max(p.trg_bbox[2] - p.trg_bbox[0], p.trg_bbox[3] - p.trg_bbox[1]))
                   for p in pairs]
     identity = pck(np.concatenate([p.src_kps for p in pairs]), np.concatenate([p.trg_kps for p in pairs]),
                    np.concatenate(thresholds), 0.1)
-    print("PCK@0.1: mutual", scores["pck"], "identity", identity,
-          "keypoints", scores["keypoints"], "mutual fraction", scores["mutual_fraction"])
-    # measured: mutual 0.47 (58 % of the matches mutual; plain nearest neighbour, match="nn",
-    # 0.64), identity 0.03, 36 keypoints. Far from 1: this backbone's last-layer patch tokens are
-    # much alike within an image (mean cosine 0.44), so points in weakly textured parts snap to
-    # the same few tokens; the chelsea pair (texture everywhere) scores 1.0 at small warps.
-    assert scores["keypoints"] >= 30
-    assert scores["pck"] >= 0.35
+    print("PCK@0.1 block 8: nn", nearest["pck"], "mutual", mutual["pck"], "| last block: mutual", last["pck"],
+          "| identity", identity, "| keypoints", mutual["keypoints"])
+    # measured at 224 px on 36 keypoints, nn / mutual by block (1-based): 6: 0.94 / 0.89,
+    # 8: 0.94 / 0.89, 9: 0.92 / 0.78, 10: 0.94 / 0.69, 11: 0.75 / 0.58, 12 (the last): 0.64 / 0.47;
+    # block 8 at 336 px: 0.97 / 0.89. The last block's tokens (after this backbone's saliency
+    # training) are much alike within an image (mean cosine 0.44), so points in weakly textured
+    # parts snap to the same few tokens. The identity answer scores 0.03.
+    assert mutual["keypoints"] >= 30
+    assert nearest["pck"] >= 0.9
+    assert mutual["pck"] >= 0.8
+    assert last["pck"] >= 0.35
     assert identity <= 0.1
 
 

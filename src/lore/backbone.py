@@ -42,6 +42,8 @@ class BlackBoxOutput:
     prompts: (B, P, D) final-normed outputs at the prompt slots, or None.
     pooled:  (B, D_out) the feature a task head sees (CLIP: the projected image embedding).
     attn:    {layer: (B, heads, T, T)} softmax attention weights of the requested layers.
+    hidden:  {layer: (B, h, w, D)} patch tokens leaving the requested blocks, before any final
+             norm (the dense-descriptor protocols read intermediate blocks).
     """
 
     cls: torch.Tensor
@@ -49,6 +51,7 @@ class BlackBoxOutput:
     prompts: torch.Tensor | None
     pooled: torch.Tensor
     attn: dict[int, torch.Tensor] = field(default_factory=dict)
+    hidden: dict[int, torch.Tensor] = field(default_factory=dict)
     num_prefix: int = 1
     num_prompts: int = 0
 
@@ -302,12 +305,14 @@ class BlackBox(nn.Module):
         return e0
 
     def forward(self, images: torch.Tensor, prompts: torch.Tensor | None = None,
-                attn_layers: tuple[int, ...] = ()) -> BlackBoxOutput:
-        return self.forward_embed(self.embed(images), prompts, attn_layers)
+                attn_layers: tuple[int, ...] = (), hidden_layers: tuple[int, ...] = ()) -> BlackBoxOutput:
+        return self.forward_embed(self.embed(images), prompts, attn_layers, hidden_layers)
 
     def forward_embed(self, e0: torch.Tensor, prompts: torch.Tensor | None = None,
-                      attn_layers: tuple[int, ...] = ()) -> BlackBoxOutput:
-        """Run the ViT from E0 (B, h, w, D) with prompts (B|1, L_p, P, D) inserted after the prefix."""
+                      attn_layers: tuple[int, ...] = (), hidden_layers: tuple[int, ...] = ()) -> BlackBoxOutput:
+        """Run the ViT from E0 (B, h, w, D) with prompts (B|1, L_p, P, D) inserted after the prefix.
+        ``attn_layers`` / ``hidden_layers``: 0-based block indices whose attention weights / output
+        patch tokens are also returned."""
         vit = self.vit
         B, h, w, D = e0.shape
         x = vit._pos_embed(e0 if vit.dynamic_img_size else e0.reshape(B, h * w, D))
@@ -323,12 +328,15 @@ class BlackBox(nn.Module):
         x = vit.norm_pre(x)
         deep = prompts is not None and prompts.shape[1] > 1
         attn: dict[int, torch.Tensor] = {}
+        hidden: dict[int, torch.Tensor] = {}
         for i, blk in enumerate(vit.blocks):
             if deep and 0 < i < prompts.shape[1]:
                 x = torch.cat([x[:, :npre], prompts[:, i], x[:, npre + P:]], dim=1)
             if i in attn_layers:
                 attn[i] = attention_weights(blk.attn, blk.norm1(x))
             x = blk(x)
+            if i in hidden_layers:
+                hidden[i] = x[:, npre + P:].reshape(B, h, w, D)
         x = vit.norm(x)
         patches = x[:, npre + P:].reshape(B, h, w, D)
         return BlackBoxOutput(
@@ -337,6 +345,7 @@ class BlackBox(nn.Module):
             prompts=x[:, npre:npre + P] if P else None,
             pooled=self._pool(x, npre, P),
             attn=attn,
+            hidden=hidden,
             num_prefix=npre,
             num_prompts=P,
         )

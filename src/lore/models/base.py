@@ -78,9 +78,10 @@ class AdaptedViT(nn.Module):
         """Prompt tokens for E0 (B, h, w, D): (B|1, L_p, P, D) or None."""
         return None
 
-    def features(self, images: torch.Tensor, attn_layers: tuple[int, ...] = ()) -> dict:
+    def features(self, images: torch.Tensor, attn_layers: tuple[int, ...] = (),
+                 hidden_layers: tuple[int, ...] = ()) -> dict:
         e0 = self.black_box.embed(images)
-        out = self.black_box.forward_embed(e0, self.prompts(e0), attn_layers)
+        out = self.black_box.forward_embed(e0, self.prompts(e0), attn_layers, hidden_layers)
         return vars(out)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -43,11 +43,20 @@ class Extractor:
     ``model`` is anything built by ``lore.build_model`` (B-B, LORE, VPT, ...): it has
     ``features(images) -> {"cls": (B, D), "patches": (B, h, w, D), ...}`` and ``black_box``.
     Inputs must be multiples of the patch size (timm runs with ``dynamic_img_size=True``).
+
+    ``layer``: the block whose patch tokens are returned (0-based, -1 = the last). The last
+    block's tokens pass the backbone's final LayerNorm, as in classification; an earlier block's
+    are taken as that block leaves them (the dense-descriptor protocols that pick a block).
     """
 
-    def __init__(self, model: nn.Module, device: torch.device | str | None = None):
+    def __init__(self, model: nn.Module, device: torch.device | str | None = None, layer: int = -1):
         self.model = model.eval()
         self.black_box = model.black_box
+        depth = int(self.black_box.depth)
+        if not -depth <= layer < depth:
+            raise LoreError(f"--layer {layer}: the backbone has {depth} blocks (0..{depth - 1}, or -1 for the last)")
+        self.layer = layer % depth
+        self._hidden = () if self.layer == depth - 1 else (self.layer,)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         config = self.black_box.data_config
         self.mean = torch.tensor(config["mean"], dtype=torch.float32).view(3, 1, 1)
@@ -83,8 +92,12 @@ class Extractor:
         """(B, 3, H, W) normalised images -> {"cls": (B, D), "patches": (B, h, w, D)} in float32."""
         if images.ndim == 3:
             images = images.unsqueeze(0)
-        out = self.model.features(images.to(self.device, non_blocking=True))
-        return {"cls": out["cls"].float(), "patches": out["patches"].float()}
+        images = images.to(self.device, non_blocking=True)
+        if not self._hidden:
+            out = self.model.features(images)
+            return {"cls": out["cls"].float(), "patches": out["patches"].float()}
+        out = self.model.features(images, hidden_layers=self._hidden)
+        return {"cls": out["cls"].float(), "patches": out["hidden"][self.layer].float()}
 
     def describe(self) -> dict[str, str]:
         return {"method": self.method, "backbone": self.backbone}
@@ -102,7 +115,7 @@ def extractor_from_args(args: argparse.Namespace) -> Extractor:
     from ..runs import model_from_args
 
     model = model_from_args(args)
-    return Extractor(model)
+    return Extractor(model, layer=getattr(args, "layer", -1))
 
 
 def check_out_dir(out: str | Path) -> Path:

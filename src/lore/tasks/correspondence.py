@@ -7,12 +7,16 @@ Protocol (the SPair evaluation of "Teaching Matters" / "Deep ViT features", no t
    ``category``) and the images ``ROOT/JPEGImages/<category>/<imname>``.
 2. Each image is resized so its longer side is ``imsize`` and zero-padded (black) to an
    ``imsize`` square, aspect ratio kept; keypoints follow the same transform.
-3. Patch tokens (final-normed) are L2-normalised and bilinearly upsampled to the image size;
-   a source keypoint's feature is read at its location.
+3. Patch tokens (by default the last block's, final-normed; ``--layer`` picks an earlier block)
+   are L2-normalised and bilinearly upsampled to the image size; a source keypoint's feature is
+   read at its location.
 4. Its prediction is the target pixel of highest cosine similarity. With ``match="mutual"`` the
    prediction is kept only when its own nearest neighbour back in the source image lands within
    one patch of the keypoint (mutual nearest neighbours); a rejected match counts as wrong, so
    every annotated keypoint is scored. ``match="nn"`` keeps every nearest neighbour.
+   The paper's text says mutual nearest neighbours of last-layer tokens; the code of the protocol
+   it cites (Walmer et al., 2023) takes the plain nearest neighbour and reports each backbone at
+   its best block: ``--match nn --layer L`` reproduces that.
 5. PCK@alpha: the prediction, mapped back to original pixels, is correct when it lies within
    ``alpha * max(bbox height, bbox width)`` of the true target keypoint (``threshold_by="image"``:
    alpha * max(image height, width)). Reported per category (its keypoints pooled) and overall
@@ -239,6 +243,7 @@ def evaluate(extractor: Extractor, pairs: list[SPairPair], imsize: int = 224, al
         "keypoints": int(len(all_gt)),
         "mutual_fraction": kept_total / len(all_gt) if len(all_gt) else float("nan"),
         "alpha": alpha, "threshold_by": threshold_by, "match": match, "imsize": imsize,
+        "layer": extractor.layer,
     }
 
 
@@ -249,7 +254,8 @@ def format_table(results: dict, title: str) -> str:
         lines.append(f"{category:14s} {fmt(value):>8s}")
     lines.append(f"{'all keypoints':14s} {fmt(results['pck']):>8s}")
     lines.append(f"{'category mean':14s} {fmt(results['pck_category_mean']):>8s}")
-    lines.append(f"{results['pairs']} pairs, {results['keypoints']} keypoints, match={results['match']}"
+    lines.append(f"{results['pairs']} pairs, {results['keypoints']} keypoints, block {results['layer']}, "
+                 f"match={results['match']}"
                  + (f" (kept {fmt(results['mutual_fraction'], 3)})" if results["match"] == "mutual" else "")
                  + f", threshold by {results['threshold_by']}")
     return "\n".join(lines)
@@ -265,6 +271,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="PCK threshold from the target bounding box (default) or image size")
     parser.add_argument("--match", choices=MATCHERS, default="mutual",
                         help="mutual nearest neighbours (default) or plain nearest neighbour")
+    parser.add_argument("--layer", type=int, default=-1,
+                        help="block whose patch tokens are matched, 0-based (default -1: the last, after "
+                             "the final norm, as in the paper; the protocol of Walmer et al. reports each "
+                             "backbone's best block)")
     parser.add_argument("--limit-pairs", type=positive_int, default=None,
                         help="evaluate this many pairs, spread over the split (quick runs)")
     add_common_arguments(parser)

@@ -790,3 +790,15 @@ def test_a_class_without_training_images_is_warned_about(colors, tmp_path, capsy
     assert lore_cli(*TRAIN, "--data", root, "--format", "csv", "--out", tmp_path / "run") == 0
     err = capsys.readouterr().err
     assert "lore: warning:" in err and "1 class(es) have no training image, e.g. 'blue'" in err
+
+
+def test_training_to_a_log_file_prints_plain_progress_lines(colors, tmp_path, monkeypatch, capsys):
+    # under pytest stderr is not a terminal, so the bar is hidden, as when output goes to a file
+    monkeypatch.setenv("LORE_PROGRESS_SECONDS", "0")
+    assert lore_cli(*TRAIN, "--data", colors, "--out", tmp_path / "run") == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("main epoch 1/1 step ")]
+    assert lines and "\r" not in err
+    steps = [int(line.split()[4].split("/")[0]) for line in lines]
+    assert steps == [1, 2, 3, 4, 5, 6]  # one line per step at interval 0 (6 batches of 8)
+    assert all(" loss " in line and " lr " in line for line in lines)

@@ -175,3 +175,33 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(colors, tmp_path
     assert not (run / "final.json").exists()
     for ckpt in (run / "checkpoints").glob("*.safetensors"):  # whatever was saved holds finite numbers
         assert all(torch.isfinite(t).all() for k, t in load_file(str(ckpt)).items() if t.is_floating_point())
+
+
+def test_torchrun_prograd_projects_the_global_gradients(colors, tmp_path):
+    """ProGrad's projection is not linear, so each process projecting its own half-batch gradients
+    would not be the single-process step: the cross-entropy and KL gradients are averaged over the
+    processes first."""
+    from conftest import tiny_clip_spec
+
+    spec = tiny_clip_spec(tmp_path, text_layers=1)
+    common = ["train", "--method", "prograd", "--backbone", "vit_base_patch16_clip_quickgelu_224.openai",
+              "--no-pretrained", "--backbone-args",
+              "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2,num_classes=32,global_pool=avg",
+              "--knowledge", spec, "--coop-ctx", "4", "--coop-csc", "--img-size", "32", "--workers", "0",
+              "--data", str(colors), "--epochs", "2", "--batch-size", "12", "--lr", "0.05", "--wd", "0",
+              "--aug", "none", "--deterministic"]
+    single = tmp_path / "single"
+    proc = subprocess.run([sys.executable, "-m", "lore", *common, "--out", str(single)], env=_env(),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = tmp_path / "ddp"
+    proc = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29534",
+                           "-m", "lore", *common, "--out", str(ddp), "--device", "cpu"],
+                          env=_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _weights(single), _weights(ddp)
+    assert a.keys() == b.keys() and any("ctx" in k for k in a)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
+    for x, y in zip(_metrics(single), _metrics(ddp)):
+        assert abs(x["loss"] - y["loss"]) < 1e-4 and abs(x["loss_kl"] - y["loss_kl"]) < 1e-4

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
+from . import pretrained  # tells timm the offline backbone names before any look-up
 from .errors import LoreError
 from .network import hub_offline_if_unreachable
 from .values import check_patch_multiple

@@ -40,7 +40,9 @@ def init_distributed(device: str) -> DistInfo:
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The sum over processes (in place where ``t`` is contiguous; use the returned tensor)."""
     if info.enabled:
+        t = t.contiguous()  # gloo reduces a strided view wrongly, without an error
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 

@@ -40,6 +40,7 @@ from .knowledge import (NEGATIVE_TEMPLATE, ZEROSHOT_TEMPLATE, cached_class_embed
 from .metrics import accuracy
 from .models import build_model
 from .models.coop import check_text_side, text_side_options, weightless
+from .progress import Heartbeat
 from .lock import run_lock
 from .values import refuse_recipe_changes
 from .runs import resolve_device
@@ -395,6 +396,7 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
         epoch_start = time.time()
         bar = tqdm(loader, desc=f"{stage} epoch {epoch + 1}/{epochs}", disable=not info.main or None,
                    leave=False, dynamic_ncols=True, file=sys.stderr)
+        heartbeat = Heartbeat(bar)
         for images, targets, index in bar:
             step = counters["step"]
             global_batch = sampler.global_batch(step)
@@ -428,6 +430,10 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
             counters["step"] += 1
             counters["global_step"] += 1
             bar.set_postfix(loss=f"{batch_sums['loss'] / max(batch_sums['n'], 1):.4f}", lr=f"{cur_lr:.2e}")
+            if heartbeat.due():
+                ctx.log(f"{stage} epoch {epoch + 1}/{epochs} step {counters['step']}/{steps_per_epoch} "
+                        f"loss {float(sums['loss']) / max(float(sums['n']), 1):.4f} lr {cur_lr:.2e} "
+                        f"({heartbeat.elapsed():.0f} s into the epoch)")
             if cfg.save_every and counters["global_step"] % cfg.save_every == 0 and counters["step"] < steps_per_epoch:
                 counters["sums"] = {k: float(v) for k, v in sums.items()}
                 _save_state(ctx, model, optimizer, counters)

@@ -15,13 +15,19 @@ its KL term is the cross-entropy to p_zs, which has the same gradient.
 
 In the shared harness the model returns the cross-entropy as its loss; ``training_loss`` takes
 g_kl with ``torch.autograd.grad`` and a hook on the context turns the g_ce that the harness's
-``backward()`` produces into g before it reaches ``.grad`` (the projection is linear in g_ce and
-scale-free in g_kl, so loss scaling and AMP's gradient scaler pass through it unchanged).
+``backward()`` produces into g before it reaches ``.grad`` (the projection commutes with positive
+scaling of g_ce and is scale-free in g_kl, so loss scaling and AMP's gradient scaler pass through
+it unchanged).
+
+Under DDP the projection, not being linear, must see the gradients of the whole batch: both are
+averaged over the processes before it (the hook runs before DDP's own all-reduce, which then
+averages identical tensors), so N processes take the single-process step.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..backbone import BlackBox, clip_logits
@@ -73,7 +79,11 @@ class ProGrad(CoOp):
 
     def _align(self, grad: torch.Tensor) -> torch.Tensor:
         ref, self._kl_grad = self._kl_grad, None  # one projection per training_loss
-        return grad if ref is None else project_conflicting(grad, ref, self.lam)
+        if ref is None:
+            return grad
+        if _world() > 1:
+            grad = _mean_over_processes(grad)
+        return project_conflicting(grad, ref, self.lam)
 
     def training_loss(self, images: torch.Tensor, targets: torch.Tensor,
                       index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -89,7 +99,20 @@ class ProGrad(CoOp):
         self._kl_grad = None
         if torch.is_grad_enabled() and self.ctx.requires_grad:
             self._kl_grad = torch.autograd.grad(kl.sum(), self.ctx, retain_graph=True)[0]
+            if _world() > 1:
+                self._kl_grad = _mean_over_processes(self._kl_grad)
         return ce, logits, {"task": ce.detach(), "kl": kl.detach()}
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _mean_over_processes(t: torch.Tensor) -> torch.Tensor:
+    # a contiguous copy: autograd may hand out strided views, which gloo reduces wrongly, silently
+    out = t.clone(memory_format=torch.contiguous_format)
+    dist.all_reduce(out)
+    return out.div_(_world())
 
 
 @register("prograd")

@@ -254,7 +254,7 @@ def format_table(results: dict, title: str) -> str:
         lines.append(f"{category:14s} {fmt(value):>8s}")
     lines.append(f"{'all keypoints':14s} {fmt(results['pck']):>8s}")
     lines.append(f"{'category mean':14s} {fmt(results['pck_category_mean']):>8s}")
-    lines.append(f"{results['pairs']} pairs, {results['keypoints']} keypoints, block {results['layer']}, "
+    lines.append(f"{results['pairs']} pairs, {results['keypoints']} keypoints, --layer {results['layer']} (0-based), "
                  f"match={results['match']}"
                  + (f" (kept {fmt(results['mutual_fraction'], 3)})" if results["match"] == "mutual" else "")
                  + f", threshold by {results['threshold_by']}")

@@ -22,6 +22,14 @@ NEGATIVES = ("zeroshot", "model", "none")
 
 
 class LORE(AdaptedViT):
+    """LORE: the frozen Black Box with global prompts and the White Box (LIN -> PG) generating
+    locality-aware prompts; in training, KLA's K-L prototypes guide the PG through L_kp.
+
+    ``negative`` says where the wrong class p of L_kp comes from. ``lore train`` resolves it as the
+    reference does (``zeroshot`` on a CLIP backbone: frozen zero-shot predictions handed over with
+    :meth:`set_negatives`); built directly, the default ``model`` uses the current prediction.
+    """
+
     method = "lore"
 
     def __init__(self, black_box: BlackBox, num_classes: int, knowledge: torch.Tensor | None = None,

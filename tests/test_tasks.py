@@ -251,6 +251,14 @@ def test_extractor_layer_reads_an_earlier_block(extractor: Extractor) -> None:
         Extractor(extractor.model, layer=2)
 
 
+def test_vos_cli_layer(tmp_path: Path) -> None:
+    root = make_davis(tmp_path / "davis")
+    assert lore_cli("vos", "--root", root, "--short-side", 64, "--layer", 0, "--out", tmp_path / "o",
+                    *MODEL_ARGS) == 0
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["layer"] == 0 and res["JF"] == pytest.approx(1.0)  # identical frames at any block
+
+
 def test_correspond_cli_layer(tmp_path: Path) -> None:
     root = make_spair(tmp_path / "spair")
     out = tmp_path / "out"
@@ -315,7 +323,7 @@ def test_vos_identical_frames_give_jf_one(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert lore_cli("vos", "--root", root, "--set", "val", "--short-side", 64, "--out", out, *MODEL_ARGS) == 0
     res = json.loads((out / "results.json").read_text())
-    assert res["task"] == "vos" and res["dataset"] == "davis-2017/val"
+    assert res["task"] == "vos" and res["dataset"] == "davis-2017/val" and res["layer"] == 1  # the last
     assert res["J"] == pytest.approx(1.0) and res["F"] == pytest.approx(1.0) and res["JF"] == pytest.approx(1.0)
     assert sorted(res["per_object"]) == ["still_1", "still_2"]
     truth = np.array(Image.open(root / "Annotations" / "480p" / "still" / "00000.png"))

@@ -111,6 +111,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
 
 
+def add_layer_argument(parser: argparse.ArgumentParser, default_means: str) -> None:
+    """--layer for the dense protocols: whose patch tokens are read (see :class:`Extractor`)."""
+    parser.add_argument("--layer", type=int, default=-1,
+                        help=f"block whose patch tokens are used, 0-based (default -1: the last, after the "
+                             f"final norm, {default_means})")
+
+
 def extractor_from_args(args: argparse.Namespace) -> Extractor:
     from ..runs import model_from_args
 

@@ -43,8 +43,8 @@ from tqdm import tqdm
 from ..errors import LoreError
 from ..io import inside_root, read_json
 from ..metrics import pck
-from .common import (Extractor, add_common_arguments, check_out_dir, extractor_from_args, fmt,
-                     load_image, positive_float, positive_int, write_results)
+from .common import (Extractor, add_common_arguments, add_layer_argument, check_out_dir, extractor_from_args,
+                     fmt, load_image, positive_float, positive_int, write_results)
 
 REQUIRED_FIELDS = ("src_imname", "trg_imname", "src_kps", "trg_kps", "src_bndbox", "trg_bndbox",
                    "src_imsize", "trg_imsize", "category")
@@ -271,10 +271,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="PCK threshold from the target bounding box (default) or image size")
     parser.add_argument("--match", choices=MATCHERS, default="mutual",
                         help="mutual nearest neighbours (default) or plain nearest neighbour")
-    parser.add_argument("--layer", type=int, default=-1,
-                        help="block whose patch tokens are matched, 0-based (default -1: the last, after "
-                             "the final norm, as in the paper; the protocol of Walmer et al. reports each "
-                             "backbone's best block)")
+    add_layer_argument(parser, "as in the paper; the protocol of Walmer et al. reports each backbone's "
+                               "best block")
     parser.add_argument("--limit-pairs", type=positive_int, default=None,
                         help="evaluate this many pairs, spread over the split (quick runs)")
     add_common_arguments(parser)

@@ -40,8 +40,8 @@ from tqdm import tqdm
 from ..errors import LoreError
 from ..io import inside_root
 from ..metrics import davis_f, davis_j, davis_statistics
-from .common import (Extractor, add_common_arguments, check_out_dir, extractor_from_args, fmt,
-                     load_image, non_negative_int, positive_float, positive_int, write_results)
+from .common import (Extractor, add_common_arguments, add_layer_argument, check_out_dir, extractor_from_args,
+                     fmt, load_image, non_negative_int, positive_float, positive_int, write_results)
 
 VOID = 255
 
@@ -375,6 +375,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="neighbourhood radius in patches, 0 = whole frame (default 12)")
     parser.add_argument("--temperature", type=positive_float, default=0.1,
                         help="affinity temperature (default 0.1)")
+    add_layer_argument(parser, "as in DINO's label propagation")
     add_common_arguments(parser)
 
 
@@ -404,7 +405,8 @@ def main(args: argparse.Namespace) -> dict:
         _publish(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    results = {"task": "vos", **extractor.describe(), "dataset": f"davis-2017/{args.set}", **scores}
+    results = {"task": "vos", **extractor.describe(), "dataset": f"davis-2017/{args.set}",
+               "layer": extractor.layer, **scores}
     print(format_table(results, f"DAVIS-2017 {args.set}: {results['method']} on {results['backbone']}"))
     write_results(out, results)
     return results

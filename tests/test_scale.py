@@ -177,17 +177,21 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(colors, tmp_path
         assert all(torch.isfinite(t).all() for k, t in load_file(str(ckpt)).items() if t.is_floating_point())
 
 
-def test_torchrun_prograd_projects_the_global_gradients(colors, tmp_path):
-    """ProGrad's projection is not linear, so each process projecting its own half-batch gradients
-    would not be the single-process step: the cross-entropy and KL gradients are averaged over the
-    processes first."""
+# the CLIP prompt learners: ProGrad's projection is not linear, so each process projecting its own
+# half-batch gradients would not be the single-process step (the gradients are averaged over the
+# processes first); Co-CoOp's meta-net and MaPLe's coupled prompts go through DDP unchanged
+DDP_CLIP_METHODS = {"prograd": ["--coop-ctx", "4", "--coop-csc"], "cocoop": [], "maple": ["--maple-depth", "2"]}
+
+
+@pytest.mark.parametrize("method", sorted(DDP_CLIP_METHODS))
+def test_torchrun_clip_prompt_learners_match_one_process(method, colors, tmp_path):
     from conftest import tiny_clip_spec
 
-    spec = tiny_clip_spec(tmp_path, text_layers=1)
-    common = ["train", "--method", "prograd", "--backbone", "vit_base_patch16_clip_quickgelu_224.openai",
+    spec = tiny_clip_spec(tmp_path, text_layers=2)
+    common = ["train", "--method", method, "--backbone", "vit_base_patch16_clip_quickgelu_224.openai",
               "--no-pretrained", "--backbone-args",
               "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2,num_classes=32,global_pool=avg",
-              "--knowledge", spec, "--coop-ctx", "4", "--coop-csc", "--img-size", "32", "--workers", "0",
+              "--knowledge", spec, *DDP_CLIP_METHODS[method], "--img-size", "32", "--workers", "0",
               "--data", str(colors), "--epochs", "2", "--batch-size", "12", "--lr", "0.05", "--wd", "0",
               "--aug", "none", "--deterministic"]
     single = tmp_path / "single"
@@ -200,8 +204,8 @@ def test_torchrun_prograd_projects_the_global_gradients(colors, tmp_path):
                           env=_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = _weights(single), _weights(ddp)
-    assert a.keys() == b.keys() and any("ctx" in k for k in a)
+    assert a.keys() == b.keys() and len(a) >= 1
     for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
+        assert torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
     for x, y in zip(_metrics(single), _metrics(ddp)):
-        assert abs(x["loss"] - y["loss"]) < 1e-4 and abs(x["loss_kl"] - y["loss_kl"]) < 1e-4
+        assert all(abs(x[term] - y[term]) < 1e-4 for term in x if term.startswith("loss")), (x, y)

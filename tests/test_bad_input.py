@@ -240,6 +240,8 @@ CASES = {
         lambda w: ["retrieval", "--dataset", "roxford5k", "--root", _oxford_bomb(w), "--imsize", 32, *MODEL_ARGS], 2,
         "expands to more than"),
     # ---- should-fix items
+    "--pg-dropout out of range": (lambda w: [*TRAIN, "--data", w["colors"], "--pg-dropout", 1], 2,
+                                  "--pg-dropout must be in [0, 1), got 1.0"),
     "--holdout 0 on a folder without splits": (
         lambda w: [*TRAIN, "--data", _flat(w), "--holdout", 0], 2, "--holdout 0.0: no image was held out"),
     "a one-class dataset": (lambda w: [*TRAIN, "--data", _one_class(w)], 2, "only one class"),

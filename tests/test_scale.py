@@ -177,6 +177,53 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(colors, tmp_path
         assert all(torch.isfinite(t).all() for k, t in load_file(str(ckpt)).items() if t.is_floating_point())
 
 
+def _one_and_two_processes(common: list[str], tmp_path: Path, port: int) -> tuple[Path, Path]:
+    """``lore COMMON`` run in one process and under torchrun with two: the two run directories."""
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    for command in ([sys.executable, "-m", "lore", *common, "--out", str(single)],
+                    [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(port), "-m", "lore",
+                     *common, "--out", str(ddp), "--device", "cpu"]):
+        proc = subprocess.run(command, env=_env(), capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return single, ddp
+
+
+def test_torchrun_lore_matches_one_process(colors, knowledge_file, tmp_path):
+    """LORE's White Box normalises over the batch (BatchNorm in LIN and the PG): under torchrun it
+    sees the global batch (SyncBatchNorm on GPUs, CPUSyncBatchNorm on CPU), so two processes take
+    the single-process step. Dropout masks are per process, hence --pg-dropout 0 here."""
+    common = [*TRAIN, "--method", "lore", "--knowledge", f"file:{knowledge_file}", "--pg-dropout", "0",
+              "--data", str(colors), "--epochs", "2", "--batch-size", "12", "--lr", "0.05", "--wd", "0",
+              "--aug", "none", "--deterministic"]
+    single, ddp = _one_and_two_processes(common, tmp_path, port=29535)
+    a, b = _weights(single), _weights(ddp)
+    assert a.keys() == b.keys() and any(k.endswith("running_var") for k in a)
+    for k in a:  # the BatchNorm running statistics included
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
+    for x, y in zip(_metrics(single), _metrics(ddp)):
+        assert all(abs(x[term] - y[term]) < 1e-5 for term in x if term.startswith("loss")), (x, y)
+
+
+def test_cpu_sync_batchnorm_conversion_keeps_the_layers_tensors():
+    from lore.distributed import CPUSyncBatchNorm, convert_sync_batchnorm
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv1d(3, 4, 1), torch.nn.BatchNorm1d(4), torch.nn.GELU())
+    bn = net[1]
+    x = torch.randn(5, 3, 7)
+    expected = net(x)
+    convert_sync_batchnorm(net, torch.device("cpu"))
+    assert isinstance(net[1], CPUSyncBatchNorm)
+    # the optimiser holds the old layer's Parameters: the new one must train those very tensors
+    assert net[1].weight is bn.weight and net[1].bias is bn.bias and net[1].running_var is bn.running_var
+    torch.nn.init.normal_(bn.weight)
+    with torch.no_grad():  # one process: plain BatchNorm, batch statistics included
+        bn.running_mean.zero_(), bn.running_var.fill_(1)
+    assert torch.allclose(net(x), torch.nn.functional.gelu(torch.nn.functional.batch_norm(
+        net[0](x), None, None, bn.weight, bn.bias, training=True)), atol=1e-6)
+    assert not torch.allclose(net(x), expected)
+
+
 # the CLIP prompt learners: ProGrad's projection is not linear, so each process projecting its own
 # half-batch gradients would not be the single-process step (the gradients are averaged over the
 # processes first); Co-CoOp's meta-net and MaPLe's coupled prompts go through DDP unchanged
@@ -194,15 +241,7 @@ def test_torchrun_clip_prompt_learners_match_one_process(method, colors, tmp_pat
               "--knowledge", spec, *DDP_CLIP_METHODS[method], "--img-size", "32", "--workers", "0",
               "--data", str(colors), "--epochs", "2", "--batch-size", "12", "--lr", "0.05", "--wd", "0",
               "--aug", "none", "--deterministic"]
-    single = tmp_path / "single"
-    proc = subprocess.run([sys.executable, "-m", "lore", *common, "--out", str(single)], env=_env(),
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ddp = tmp_path / "ddp"
-    proc = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29534",
-                           "-m", "lore", *common, "--out", str(ddp), "--device", "cpu"],
-                          env=_env(), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    single, ddp = _one_and_two_processes(common, tmp_path, port=29534)
     a, b = _weights(single), _weights(ddp)
     assert a.keys() == b.keys() and len(a) >= 1
     for k in a:

@@ -91,6 +91,7 @@ class TrainConfig:
     kla_topn: int = opt(9, "KLA keeps the top-N scores per class")
     kla_variant: str = opt("code", "KLA form", ["code", "paper"])
     bottleneck: int = opt(32, "prompt-generator bottleneck width r")
+    pg_dropout: float = opt(0.1, "dropout on the generated prompts (the reference's 0.1)")
     negative: str | None = opt(None, "source of the wrong class p (default: zeroshot when the backbone has a "
                                "CLIP text tower, else model)",
                                ["zeroshot", "model", "none"])
@@ -131,6 +132,8 @@ def validate(cfg: TrainConfig) -> None:
         raise LoreError(f"--global-prompts must be >= 0, got {cfg.global_prompts}")
     if cfg.shots is not None and cfg.shots < 1:
         raise LoreError(f"--shots must be >= 1, got {cfg.shots}")
+    if not 0 <= cfg.pg_dropout < 1:
+        raise LoreError(f"--pg-dropout must be in [0, 1), got {cfg.pg_dropout}")
     if not 0 <= cfg.holdout < 1:
         raise LoreError(f"--holdout must be in [0, 1), got {cfg.holdout}")
     if cfg.curriculum == "easy-to-hard" and not cfg.shots:

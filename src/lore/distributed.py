@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+import torch.nn as nn
 
 
 @dataclass
@@ -55,3 +57,65 @@ def barrier(info: DistInfo) -> None:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the global batch of all processes on CPU (gloo), where torch's
+    SyncBatchNorm refuses to run.
+
+    Training BatchNorm then normalises with the statistics of the global batch in every process,
+    so N processes compute what one process computes (LORE's White Box normalises over the
+    batch). Per-channel sums, then centred sums of squares, are all-reduced differentiably;
+    BatchNorm's definitions are kept: biased variance for normalising, unbiased for the running
+    estimate.
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if not (self.training and world > 1):
+            return super().forward(x)
+        self._check_input_dim(x)
+        C = x.shape[1]
+        dims = [0, *range(2, x.dim())]
+        count = torch.full((1,), x.numel() // C, dtype=x.dtype)
+        sums = dist_nn.all_reduce(torch.cat([x.sum(dims), count]))
+        n = sums[-1]
+        mean = sums[:C] / n
+        shape = [1, C] + [1] * (x.dim() - 2)
+        centred = x - mean.view(shape)
+        # two passes, as single-process BatchNorm: E[x^2] - E[x]^2 cancels badly in float32
+        var = dist_nn.all_reduce((centred * centred).sum(dims)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean, m)
+                self.running_var.lerp_(var * n / (n - 1), m)
+        y = centred * torch.rsqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm layer of ``module`` normalising over the global batch: torch's
+    SyncBatchNorm on GPUs, :class:`CPUSyncBatchNorm` on CPU (sharing the layer's parameters and
+    running statistics)."""
+    if device.type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CPUSyncBatchNorm):
+        sync = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                module.track_running_stats)
+        # the same Parameter and buffer objects, as torch's conversion: the optimiser holds them
+        if module.affine:
+            sync.weight, sync.bias = module.weight, module.bias
+        if module.track_running_stats:
+            sync.running_mean, sync.running_var = module.running_mean, module.running_var
+            sync.num_batches_tracked = module.num_batches_tracked
+        sync.train(module.training)
+        return sync
+    for name, child in module.named_children():
+        module.add_module(name, convert_sync_batchnorm(child, device))
+    return module

@@ -31,7 +31,7 @@ from .data import (EpochBatchSampler, ImageDataset, ShardedSampler, eval_transfo
 from .data.catalog import knowledge_template, load_paper_dataset, zeroshot_templates
 from .data.datasets import Splits, check_headers
 from .data.sampling import check_batch_for_norm
-from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, convert_sync_batchnorm, init_distributed
 from .errors import LoreError
 from .flops import GFLOPS_COUNT, count_gflops, count_params, parameter_shares, text_tower_params
 from .io import absolute_paths, atomic_write_json, atomic_write_text, check_output_dir
@@ -121,7 +121,7 @@ def build_from_config(cfg: TrainConfig, num_classes: int, knowledge: torch.Tenso
         options.update(global_prompts=cfg.global_prompts, local_prompts=cfg.local_prompts,
                        lin_blocks=cfg.lin_blocks, lin_k=cfg.lin_k, lin_variant=cfg.lin_variant,
                        kla_topn=cfg.kla_topn, kla_variant=cfg.kla_variant, bottleneck=cfg.bottleneck,
-                       kp=cfg.kp, kp_weight=cfg.kp_weight, negative=cfg.negative or "model",
+                       pg_dropout=cfg.pg_dropout, kp=cfg.kp, kp_weight=cfg.kp_weight, negative=cfg.negative or "model",
                        knowledge_dim=None if knowledge is not None else cfg.knowledge_dim)
     elif cfg.method in TEXT_SIDE_METHODS:
         # these run the frozen CLIP text tower themselves; --dry-run builds it without weights
@@ -372,8 +372,8 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
         _truncate_metrics(ctx.out / "metrics.jsonl", stage, counters["epoch"])
     step_fn: nn.Module = _Step(model)
     if info.enabled:
-        if device.type == "cuda":  # White Box BatchNorm sees the global batch, as in one process
-            step_fn = nn.SyncBatchNorm.convert_sync_batchnorm(step_fn)
+        # the White Box BatchNorm sees the global batch, as in one process
+        step_fn = convert_sync_batchnorm(step_fn, device)
         step_fn = nn.parallel.DistributedDataParallel(
             step_fn, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:

@@ -35,7 +35,7 @@ class LORE(AdaptedViT):
     def __init__(self, black_box: BlackBox, num_classes: int, knowledge: torch.Tensor | None = None,
                  knowledge_dim: int | None = None, global_prompts: int = 8, local_prompts: int = 2,
                  lin_blocks: int = 1, lin_k: int = 9, lin_variant: str = "vig", kla_topn: int = 9,
-                 kla_variant: str = "code", bottleneck: int = 32, kp: bool = True,
+                 kla_variant: str = "code", bottleneck: int = 32, pg_dropout: float = 0.1, kp: bool = True,
                  kp_weight: float = 0.1, negative: str = "model"):
         if negative not in NEGATIVES:
             raise LoreError(f"--negative {negative!r}: choose one of {NEGATIVES}")
@@ -46,11 +46,12 @@ class LORE(AdaptedViT):
                          knowledge_dim=knowledge_dim, global_prompts=global_prompts,
                          local_prompts=local_prompts, lin_blocks=lin_blocks, lin_k=lin_k,
                          lin_variant=lin_variant, kla_topn=kla_topn, kla_variant=kla_variant,
-                         bottleneck=bottleneck, kp=kp, kp_weight=kp_weight, negative=negative)
+                         bottleneck=bottleneck, pg_dropout=pg_dropout, kp=kp, kp_weight=kp_weight,
+                         negative=negative)
         D, L = black_box.embed_dim, black_box.depth
         self.global_prompts = GlobalPrompts(L, global_prompts, D) if global_prompts > 0 else None
         self.lin = LIN(D, k=lin_k, blocks=lin_blocks, variant=lin_variant)
-        self.pg = PromptGenerator(D, L, num_prompts=local_prompts, bottleneck=bottleneck)
+        self.pg = PromptGenerator(D, L, num_prompts=local_prompts, bottleneck=bottleneck, dropout=pg_dropout)
         self.kla = KLA(D, knowledge_dim, topn=kla_topn, variant=kla_variant) if kp else None
         self.kp_weight = kp_weight
         self.negative = negative

@@ -188,20 +188,27 @@ def _one_and_two_processes(common: list[str], tmp_path: Path, port: int) -> tupl
     return single, ddp
 
 
-def test_torchrun_lore_matches_one_process(colors, knowledge_file, tmp_path):
+@pytest.mark.parametrize("curriculum", [[], ["--curriculum", "easy-to-hard", "--shots", "4", "--stage-h-epochs", "1",
+                                              "--batch-size", "8"]], ids=["plain", "easy-to-hard"])
+def test_torchrun_lore_matches_one_process(curriculum, colors, knowledge_file, tmp_path):
     """LORE's White Box normalises over the batch (BatchNorm in LIN and the PG): under torchrun it
     sees the global batch (SyncBatchNorm on GPUs, CPUSyncBatchNorm on CPU), so two processes take
-    the single-process step. Dropout masks are per process, hence --pg-dropout 0 here."""
+    the single-process step, also through the easy-to-hard stages (herding, the stage-e model's
+    mistakes). Dropout masks are per process, hence --pg-dropout 0 here."""
     common = [*TRAIN, "--method", "lore", "--knowledge", f"file:{knowledge_file}", "--pg-dropout", "0",
               "--data", str(colors), "--epochs", "2", "--batch-size", "12", "--lr", "0.05", "--wd", "0",
-              "--aug", "none", "--deterministic"]
+              "--aug", "none", "--deterministic", *curriculum]
     single, ddp = _one_and_two_processes(common, tmp_path, port=29535)
     a, b = _weights(single), _weights(ddp)
     assert a.keys() == b.keys() and any(k.endswith("running_var") for k in a)
     for k in a:  # the BatchNorm running statistics included
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
+    assert [m["stage"] for m in _metrics(ddp)] == [m["stage"] for m in _metrics(single)]
     for x, y in zip(_metrics(single), _metrics(ddp)):
         assert all(abs(x[term] - y[term]) < 1e-5 for term in x if term.startswith("loss")), (x, y)
+    for stage in ("e", "h") if curriculum else ():
+        chosen = [json.loads((run / f"fewshot_{stage}.json").read_text()) for run in (single, ddp)]
+        assert chosen[0] == chosen[1]
 
 
 def test_cpu_sync_batchnorm_conversion_keeps_the_layers_tensors():

@@ -41,12 +41,25 @@ def init_distributed(device: str) -> DistInfo:
     return DistInfo(rank, world, local_rank)
 
 
+def world_size() -> int:
+    """Processes in the default group (1 outside torchrun)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """The sum over processes (in place where ``t`` is contiguous; use the returned tensor)."""
     if info.enabled:
         t = t.contiguous()  # gloo reduces a strided view wrongly, without an error
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def mean_over_processes(t: torch.Tensor) -> torch.Tensor:
+    """A new tensor: the mean of ``t`` over all processes."""
+    # a contiguous copy: autograd may hand out strided views, which gloo reduces wrongly, silently
+    out = t.clone(memory_format=torch.contiguous_format)
+    dist.all_reduce(out)
+    return out.div_(world_size())
 
 
 def barrier(info: DistInfo) -> None:
@@ -75,8 +88,7 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        if not (self.training and world > 1):
+        if not (self.training and world_size() > 1):
             return super().forward(x)
         self._check_input_dim(x)
         C = x.shape[1]

@@ -121,7 +121,8 @@ def build_from_config(cfg: TrainConfig, num_classes: int, knowledge: torch.Tenso
         options.update(global_prompts=cfg.global_prompts, local_prompts=cfg.local_prompts,
                        lin_blocks=cfg.lin_blocks, lin_k=cfg.lin_k, lin_variant=cfg.lin_variant,
                        kla_topn=cfg.kla_topn, kla_variant=cfg.kla_variant, bottleneck=cfg.bottleneck,
-                       pg_dropout=cfg.pg_dropout, kp=cfg.kp, kp_weight=cfg.kp_weight, negative=cfg.negative or "model",
+                       pg_dropout=cfg.pg_dropout, kp=cfg.kp, kp_weight=cfg.kp_weight,
+                       negative=cfg.negative or "model",
                        knowledge_dim=None if knowledge is not None else cfg.knowledge_dim)
     elif cfg.method in TEXT_SIDE_METHODS:
         # these run the frozen CLIP text tower themselves; --dry-run builds it without weights

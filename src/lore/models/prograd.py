@@ -27,10 +27,10 @@ averages identical tensors), so N processes take the single-process step.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..backbone import BlackBox, clip_logits
+from ..distributed import mean_over_processes, world_size
 from ..errors import LoreError
 from . import register
 from .base import AdaptedViT
@@ -81,8 +81,8 @@ class ProGrad(CoOp):
         ref, self._kl_grad = self._kl_grad, None  # one projection per training_loss
         if ref is None:
             return grad
-        if _world() > 1:
-            grad = _mean_over_processes(grad)
+        if world_size() > 1:
+            grad = mean_over_processes(grad)
         return project_conflicting(grad, ref, self.lam)
 
     def training_loss(self, images: torch.Tensor, targets: torch.Tensor,
@@ -99,20 +99,9 @@ class ProGrad(CoOp):
         self._kl_grad = None
         if torch.is_grad_enabled() and self.ctx.requires_grad:
             self._kl_grad = torch.autograd.grad(kl.sum(), self.ctx, retain_graph=True)[0]
-            if _world() > 1:
-                self._kl_grad = _mean_over_processes(self._kl_grad)
+            if world_size() > 1:
+                self._kl_grad = mean_over_processes(self._kl_grad)
         return ce, logits, {"task": ce.detach(), "kl": kl.detach()}
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _mean_over_processes(t: torch.Tensor) -> torch.Tensor:
-    # a contiguous copy: autograd may hand out strided views, which gloo reduces wrongly, silently
-    out = t.clone(memory_format=torch.contiguous_format)
-    dist.all_reduce(out)
-    return out.div_(_world())
 
 
 @register("prograd")

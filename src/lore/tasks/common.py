@@ -54,7 +54,8 @@ class Extractor:
         self.black_box = model.black_box
         depth = int(self.black_box.depth)
         if not -depth <= layer < depth:
-            raise LoreError(f"--layer {layer}: the backbone has {depth} blocks (0..{depth - 1}, or -1 for the last)")
+            raise LoreError(f"--layer {layer}: the backbone has {depth} blocks "
+                            f"(0..{depth - 1}, or -1 for the last)")
         self.layer = layer % depth
         self._hidden = () if self.layer == depth - 1 else (self.layer,)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device

@@ -401,12 +401,15 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
         for images, targets, index in bar:
             step = counters["step"]
             global_batch = sampler.global_batch(step)
+            # a constant warm-up as in CoOp (Dassl); the cosine then starts from its top and keeps its
+            # full length (Dassl's WARMUP_RECOUNT), so it never reaches its end
+            warm = 0 if stage == "h" else cfg.warmup_epochs
             if cfg.lr_schedule == "epoch":  # the reference steps its cosine schedule once per epoch
-                cur_lr = _cosine_lr(epoch, epochs, lr, cfg.min_lr)
+                cur_lr = _cosine_lr(max(epoch - warm, 0), epochs, lr, cfg.min_lr)
             else:
-                cur_lr = _cosine_lr(counters["global_step"], total, lr, cfg.min_lr)
-            if stage != "h" and counters["global_step"] < steps_per_epoch * cfg.warmup_epochs:
-                cur_lr = cfg.warmup_lr  # constant warm-up as in CoOp (Dassl); the cosine keeps its length
+                cur_lr = _cosine_lr(max(counters["global_step"] - steps_per_epoch * warm, 0), total, lr, cfg.min_lr)
+            if counters["global_step"] < steps_per_epoch * warm:
+                cur_lr = cfg.warmup_lr
             for g in optimizer.param_groups:
                 g["lr"] = cur_lr
             images = images.to(device, non_blocking=True)

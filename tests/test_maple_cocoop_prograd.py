@@ -371,9 +371,14 @@ def test_config_options_reach_each_method() -> None:
     from lore.config import make
     from lore.models.coop import text_side_options
 
-    assert text_side_options(make({"method": "cocoop", "cocoop_ctx": 6})) == {"n_ctx": 6}
-    assert text_side_options(make({"method": "maple"})) == {"n_ctx": 2, "depth": 9}
+    # each method's official context init: CoOp random, the others "a photo of a"
+    assert text_side_options(make({"method": "coop"})) == {"n_ctx": 16, "csc": False, "ctx_init": None}
+    assert text_side_options(make({"method": "cocoop", "cocoop_ctx": 6})) == {"n_ctx": 6, "ctx_init": "a photo of a"}
+    assert text_side_options(make({"method": "maple"})) == {"n_ctx": 2, "depth": 9, "ctx_init": "a photo of a"}
     prograd = text_side_options(make({"method": "prograd", "prograd_lambda": 0.8}))
     assert prograd == {"n_ctx": 16, "csc": False, "lam": 0.8, "ctx_init": "a photo of a"}
     # like the reference, ProGrad's context starts from the words of its zero-shot template
     assert text_side_options(make({"method": "prograd", "template": "a texture of {}."}))["ctx_init"] == "a texture of"
+    # --ctx-init: "" = random init (the official Co-CoOp c8 / c16 configurations), "_" = space
+    assert text_side_options(make({"method": "cocoop", "cocoop_ctx": 16, "ctx_init": ""}))["ctx_init"] is None
+    assert text_side_options(make({"method": "coop", "ctx_init": "a_photo_of_a"}))["ctx_init"] == "a photo of a"

@@ -102,6 +102,9 @@ class TrainConfig:
     # CLIP baselines
     coop_ctx: int = opt(16, "CoOp: learnable context tokens")
     coop_csc: bool = opt(False, "CoOp: class-specific context")
+    ctx_init: str | None = opt(None, "CoOp-family context init words ('' = random N(0, 0.02); default: the "
+                               "method's own: CoOp random, Co-CoOp and MaPLe 'a photo of a', ProGrad its "
+                               "template's words)")
     adapter_ratio: float = opt(0.2, "CLIP-Adapter: residual ratio")
     tip_alpha: float = opt(1.0, "Tip-Adapter: cache-model weight alpha")
     tip_beta: float = opt(5.5, "Tip-Adapter: sharpness beta")

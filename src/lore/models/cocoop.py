@@ -24,9 +24,7 @@ from ..errors import LoreError
 from . import register
 from .base import AdaptedViT
 from .clip_adapter import image_embedding
-from .coop import CoOp, require_text_side
-
-CTX_INIT = "a photo of a"
+from .coop import CTX_INIT, CoOp, require_text_side
 
 
 class CoCoOp(CoOp):

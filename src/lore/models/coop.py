@@ -29,6 +29,8 @@ from .base import AdaptedViT, require_clip
 from .clip_adapter import image_embedding
 
 CONTEXT_PLACEHOLDER = "X"
+# the context init of Co-CoOp, MaPLe and ProGrad in their official configurations
+CTX_INIT = "a photo of a"
 
 
 def open_clip_arg(spec: str) -> str:
@@ -264,15 +266,21 @@ def require_text_side(black_box: BlackBox, method: str, classnames: list[str] | 
 
 def text_side_options(cfg) -> dict:
     """The model options a TrainConfig gives CoOp, Co-CoOp, ProGrad and MaPLe."""
+    def init(default: str | None) -> str | None:
+        # --ctx-init: None = the method's own, "" = random N(0, 0.02); "_" reads as a space, as in
+        # the official code
+        words = default if cfg.ctx_init is None else cfg.ctx_init
+        return (words or "").replace("_", " ").strip() or None
+
     if cfg.method == "coop":
-        return dict(n_ctx=cfg.coop_ctx, csc=cfg.coop_csc)
+        return dict(n_ctx=cfg.coop_ctx, csc=cfg.coop_csc, ctx_init=init(None))
     if cfg.method == "cocoop":
-        return dict(n_ctx=cfg.cocoop_ctx)
+        return dict(n_ctx=cfg.cocoop_ctx, ctx_init=init(CTX_INIT))
     if cfg.method == "prograd":
         return dict(n_ctx=cfg.coop_ctx, csc=cfg.coop_csc, lam=cfg.prograd_lambda,
-                    ctx_init=template_words(cfg.template) or "a photo of a")
+                    ctx_init=init(template_words(cfg.template) or CTX_INIT))
     if cfg.method == "maple":
-        return dict(n_ctx=cfg.maple_ctx, depth=cfg.maple_depth)
+        return dict(n_ctx=cfg.maple_ctx, depth=cfg.maple_depth, ctx_init=init(CTX_INIT))
     raise LoreError(f"--method {cfg.method} has no CLIP text-side options")
 
 

@@ -27,9 +27,7 @@ from ..errors import LoreError
 from ..knowledge import load_open_clip
 from . import register
 from .base import AdaptedViT
-from .coop import ClassTextHead, TextTower, class_prompts, open_clip_arg, require_text_side
-
-CTX_INIT = "a photo of a"
+from .coop import CTX_INIT, ClassTextHead, TextTower, class_prompts, open_clip_arg, require_text_side
 
 
 class MaPLe(ClassTextHead, AdaptedViT):

@@ -35,9 +35,7 @@ from ..errors import LoreError
 from . import register
 from .base import AdaptedViT
 from .clip_adapter import image_embedding
-from .coop import CoOp, require_text_side
-
-CTX_INIT = "a photo of a"
+from .coop import CTX_INIT, CoOp, require_text_side
 
 
 def project_conflicting(grad: torch.Tensor, ref: torch.Tensor, lam: float = 1.0) -> torch.Tensor:

@@ -382,3 +382,35 @@ def test_config_options_reach_each_method() -> None:
     # --ctx-init: "" = random init (the official Co-CoOp c8 / c16 configurations), "_" = space
     assert text_side_options(make({"method": "cocoop", "cocoop_ctx": 16, "ctx_init": ""}))["ctx_init"] is None
     assert text_side_options(make({"method": "coop", "ctx_init": "a_photo_of_a"}))["ctx_init"] == "a photo of a"
+
+
+def test_prograd_context_follows_the_official_word_count(black_box, spec, zeroshot_text) -> None:
+    """ProGrad's official code pads its 16 context slots by words: "a type of flower, a photo of
+    a" (8 words, 9 tokens: the comma is one) gives 8 zero slots and the first 8 init tokens; the
+    last "a" stays a fixed word after the context."""
+    from lore.models.coop import token_embedding
+
+    clip_model, tokenizer = reference_clip(spec)
+    model = build("prograd", black_box, spec, knowledge=zeroshot_text, n_ctx=16,
+                  ctx_init="a type of flower, a photo of a")
+    init = tokenizer(["a type of flower, a photo of a"])[0]
+    init = init[1:int((init != 0).sum()) - 1]  # the 9 word tokens
+    assert len(init) == 9
+    assert torch.equal(model.ctx[:8], torch.zeros_like(model.ctx[:8]))
+    assert torch.equal(model.tokens[0, 9:17], init[:8])
+    assert model.tokens[0, 17] == init[8]  # "a": the suffix's first token, not learnt
+    with torch.no_grad():
+        assert torch.allclose(model.ctx[8:], token_embedding(clip_model)(init[:8]))
+
+
+def test_prograd_teacher_and_context_come_from_its_dataset_template() -> None:
+    from lore.config import make
+    from lore.data.catalog import prograd_templates, zeroshot_templates
+    from lore.models.coop import text_side_options
+
+    assert prograd_templates("flowers") == ["a type of flower, a photo of a {}."]
+    assert prograd_templates("dtd") == ["a texture of {}."]
+    assert prograd_templates("dogs") == zeroshot_templates("dogs")  # not in ProGrad's list
+    options = text_side_options(make({"method": "prograd", "dataset": "dtd"}))
+    assert options["ctx_init"] == "a texture of"
+    assert text_side_options(make({"method": "prograd", "dataset": "cifar10"}))["ctx_init"] == "a photo of a"

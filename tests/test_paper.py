@@ -96,6 +96,9 @@ def test_recipes_hold_the_reference_configs() -> None:
         (0.002, 200, 32, 1, 1e-5)
     assert lookup("imagenet", "coop", CLIP_B16, 16)["epochs"] == 50
     assert lookup("dtd", "maple", CLIP_B16, 8)["lr"] == 0.0035
+    # ProGrad's README: lambda 0.8 at 8 and 16 shots on Flowers102, DTD and EuroSAT, else 1.0
+    assert [lookup(d, "prograd", CLIP_B16, s)["prograd_lambda"] for d in ("flowers", "dtd", "eurosat", "cars")
+            for s in (16, 8)] == [0.8] * 6 + [1.0] * 2
     # VPT in the ablation trains on LORE's schedule and augmentation, without LORE's prompt budget
     assert lookup("dtd", "vpt-deep", CLIP_B16, 16) == {k: v for k, v in lookup("dtd", "lore", CLIP_B16, 16).items()
                                                        if k in ("epochs", "batch_size", "lr", "min_lr", "wd", "aug")}

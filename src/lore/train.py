@@ -28,7 +28,7 @@ from .config import TrainConfig
 from .curriculum import select_easy, select_hard
 from .data import (EpochBatchSampler, ImageDataset, ShardedSampler, eval_transform, few_shot_indices,
                    load_dataset, train_transform)
-from .data.catalog import knowledge_template, load_paper_dataset, zeroshot_templates
+from .data.catalog import knowledge_template, load_paper_dataset, prograd_templates, zeroshot_templates
 from .data.datasets import Splits, check_headers
 from .data.sampling import check_batch_for_norm
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, convert_sync_batchnorm, init_distributed
@@ -296,7 +296,7 @@ def _knowledge(ctx: Context, classnames: list[str]) -> torch.Tensor | None:
         template = knowledge_template(cfg.dataset)
     templates = read_templates(template)
     if cfg.dataset and not cfg.template and cfg.method != "lore":  # its published zero-shot templates
-        templates = zeroshot_templates(cfg.dataset)
+        templates = (prograd_templates if cfg.method == "prograd" else zeroshot_templates)(cfg.dataset)
     return _rank0_cached(ctx, "knowledge.safetensors", spec, classnames, templates)
 
 

@@ -96,6 +96,13 @@ def zeroshot_templates(name: str) -> list[str]:
     return list(info(name)["zeroshot_templates"])
 
 
+def prograd_templates(name: str) -> list[str]:
+    """ProGrad's zero-shot teacher templates: its own per-dataset one where its official code
+    has the dataset, else the published zero-shot templates."""
+    template = info(name).get("prograd_template")
+    return [template] if template else zeroshot_templates(name)
+
+
 def dataset_dir(name: str, data_root: str | Path) -> Path:
     """The folder a dataset is expected in under a common ROOT: ``ROOT/<name>``."""
     return Path(data_root).expanduser() / check_name(name)

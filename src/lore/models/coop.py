@@ -144,13 +144,13 @@ def class_prompts(clip_model: nn.Module, tokenizer, classnames: list[str], n_ctx
     suffix (C, L-1-n_ctx, w)) and the initial context (n_ctx, w) (None: random init).
 
     ``ctx_init`` (e.g. "a photo of a") puts those words before every class name. With at least
-    n_ctx of its tokens the first n_ctx become the context (Co-CoOp, MaPLe: the rest stay fixed
-    words); with fewer they fill the last slots and the others start at zero (ProGrad).
+    n_ctx words the first n_ctx tokens become the context (Co-CoOp, MaPLe: the rest stay fixed
+    words); with fewer, zero slots come first, one per missing word (ProGrad).
     """
     if ctx_init:
-        words = tokenizer([ctx_init])[0]
-        k = int((words != 0).sum()) - 2  # minus SOS and EOS
-        lead = max(n_ctx - k, 0)
+        # words, not tokens, as ProGrad's official code counts them: "a type of flower, a photo of
+        # a" (8 words, 9 tokens) in 16 slots gives 8 zero slots, 8 init tokens and a fixed "a"
+        lead = max(n_ctx - len(ctx_init.split()), 0)
         text = " ".join([CONTEXT_PLACEHOLDER] * lead + [ctx_init])
     else:
         text = " ".join([CONTEXT_PLACEHOLDER] * n_ctx)
@@ -277,8 +277,13 @@ def text_side_options(cfg) -> dict:
     if cfg.method == "cocoop":
         return dict(n_ctx=cfg.cocoop_ctx, ctx_init=init(CTX_INIT))
     if cfg.method == "prograd":
+        # like the official code, the context starts from the words of the teacher's template
+        template = cfg.template
+        if not template and cfg.dataset:
+            from ..data.catalog import prograd_templates
+            template = prograd_templates(cfg.dataset)[0]
         return dict(n_ctx=cfg.coop_ctx, csc=cfg.coop_csc, lam=cfg.prograd_lambda,
-                    ctx_init=init(template_words(cfg.template) or CTX_INIT))
+                    ctx_init=init(template_words(template) or CTX_INIT))
     if cfg.method == "maple":
         return dict(n_ctx=cfg.maple_ctx, depth=cfg.maple_depth, ctx_init=init(CTX_INIT))
     raise LoreError(f"--method {cfg.method} has no CLIP text-side options")

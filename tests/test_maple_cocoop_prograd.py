@@ -243,6 +243,10 @@ def test_maple_shapes_parameter_count_and_coupling(black_box, spec) -> None:
     ref, tokenizer = reference_clip(spec)
     with torch.no_grad():  # context = the first 2 tokens of "a photo of a"; "of a" stays a fixed word
         assert torch.equal(model.ctx.detach(), ref.token_embedding(tokenizer(["a photo of a"]))[0, 1:3])
+    # more slots than init words: the official code's random N(0, 0.02) context and "X" placeholders
+    wide = build("maple", black_box, spec, depth=2, n_ctx=6)
+    assert wide.ctx.abs().max() < 0.2 and (wide.ctx != 0).all()
+    assert torch.equal(wide.tokens[0, 1:7], tokenizer(["X X X X X X"])[0, 1:7])
     with pytest.raises(LoreError, match="maple-depth"):
         build("maple", black_box, spec, depth=3)  # the tiny towers have 2 layers
 

@@ -51,7 +51,9 @@ class MaPLe(ClassTextHead, AdaptedViT):
                             f"{self.text_tower.out_dim}-d but the image embedding is {black_box.out_dim}-d; "
                             "use the backbone's own CLIP")
         w, D = self.text_tower.width, black_box.embed_dim
-        tokens, prefix, suffix, init = class_prompts(clip_model, tokenizer, classnames, n_ctx, ctx_init,
+        # the official code starts from the init words only when they fill every slot, else random
+        words = ctx_init if ctx_init and n_ctx <= len(ctx_init.split()) else None
+        tokens, prefix, suffix, init = class_prompts(clip_model, tokenizer, classnames, n_ctx, words,
                                                      self.method)
         self.register_buffer("tokens", tokens, persistent=False)
         self.register_buffer("token_prefix", prefix, persistent=False)

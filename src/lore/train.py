@@ -407,7 +407,8 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
             if cfg.lr_schedule == "epoch":  # the reference steps its cosine schedule once per epoch
                 cur_lr = _cosine_lr(max(epoch - warm, 0), epochs, lr, cfg.min_lr)
             else:
-                cur_lr = _cosine_lr(max(counters["global_step"] - steps_per_epoch * warm, 0), total, lr, cfg.min_lr)
+                after_warmup = max(counters["global_step"] - steps_per_epoch * warm, 0)
+                cur_lr = _cosine_lr(after_warmup, total, lr, cfg.min_lr)
             if counters["global_step"] < steps_per_epoch * warm:
                 cur_lr = cfg.warmup_lr
             for g in optimizer.param_groups:

@@ -19,5 +19,5 @@ for m in vpt-deep lore; do
       --epochs 3 --batch-size 32 --device "$dev" --amp bf16 --workers 4 --out "$out/run-$m"
   $py -m lore eval --run "$out/run-$m" --device "$dev" --workers 4
 done
-[ -n "${SKIP_BENCH:-}" ] || $py -m lore bench --backbone vit_base_patch16_clip_224.openai --img-size 224 --batch 64 --device "$dev" \
+[ -n "${SKIP_BENCH:-}" ] || $py -m lore bench --backbone vit_base_patch16_clip_quickgelu_224.openai --img-size 224 --batch 64 --device "$dev" \
     --dtype bf16 --methods b-b,vpt-deep,lore --repeats 10 --warmup 3 --out "$out/bench-vitb16"

@@ -168,6 +168,11 @@ def test_demo_fair_protocol_table_and_report(tmp_path, wheel, capsys):
         row = next(ln for ln in table.splitlines() if ln.startswith(f"| {name} |"))
         assert re.search(rf"{np.mean(accs):.2f} ± {np.std(accs, ddof=1):.2f}", row)
         assert f"| {r['lr']:g} | {r['wd']:g} |" in row and f"| {name} |" in printed
+        if name != "vpt-deep":  # the paired difference to vpt-deep over the same seeds
+            vpt = summary["results"]["vpt-deep"]["test_acc"]
+            d = np.subtract(accs, vpt)
+            half = 12.706 * np.std(d, ddof=1) / np.sqrt(2)  # t(0.975, 1 degree of freedom)
+            assert f"{d.mean():+.2f} [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}]" in row
         config = (out / "runs" / name / "seed1993" / "config.yaml").read_text()
         assert f"lr: {r['lr']}" in config and "format: coop-split" in config
         assert f"bn_mode: {'reference' if name.startswith('lore') else 'train'}" in config  # --lore-set

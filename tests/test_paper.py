@@ -131,6 +131,18 @@ def test_recipe_layering_defaults_recipe_config_flags(tmp_path: Path) -> None:
         from_args(_parse(["train", "--recipe", "paper", "--shots", "8", "--data", "x", "--out", "y"]))
 
 
+def test_paper_recipe_trains_lore_in_the_reference_bn_mode() -> None:
+    """The published numbers were made with the reference's model.eval() after epoch 1: --recipe
+    paper trains LORE and LORE w/o L_kp so, the baselines as their own papers; a flag still wins."""
+    common = ["--recipe", "paper", "--dataset", "dtd", "--shots", "16", "--data", "x", "--out", "y"]
+    for extra in ([], ["--no-kp"], ["--curriculum", "easy-to-hard", "--shots", "8"]):
+        assert from_args(_parse(["train", "--method", "lore", *common, *extra])).bn_mode == "reference"
+    for method in ("vpt-deep", "coop"):
+        assert from_args(_parse(["train", "--method", method, *common])).bn_mode == "train"
+    assert from_args(_parse(["train", *common, "--bn-mode", "train"])).bn_mode == "train"
+    assert from_args(_parse(["train", "--method", "lore", "--data", "x", "--out", "y"])).bn_mode == "train"
+
+
 # ---------------------------------------------------------------------------------------------
 # grids and tables without training
 
@@ -244,7 +256,9 @@ def test_paper_table_runs_marks_missing_datasets_and_resumes(tmp_path: Path, cap
     # the resolved recipe (EuroSAT 16-shot: lr 0.0015, wd 1.0) under the explicit flags (epochs, batch)
     assert (saved["recipe"], saved["dataset"], saved["lr"], saved["wd"], saved["epochs"], saved["batch_size"],
             saved["shots"]) == ("paper", "eurosat", 0.0015, 1.0, 1, 8, 2)
+    assert saved["bn_mode"] == "reference"  # the reference code's eval mode after epoch 1
     md = (out / "table.md").read_text()
+    assert "`--bn-mode reference`" in md
     assert "| LORE | 16 |" in md and "/ 87.04 (" in md  # LORE's published EuroSAT 16-shot beside ours
     avg = next(r for r in measured if (r["method"], r["shots"], r["column"]) == ("lore", "16", "average"))
     both = [float(r["measured"]) for r in per_dataset if (r["method"], r["shots"]) == ("lore", "16")]

@@ -61,16 +61,21 @@ class TrainConfig:
                                        "crop (default: --crop-pct)")
     lr_schedule: str = opt("epoch", "cosine learning rate stepped once per epoch (reference) or every step",
                            ["epoch", "step"])
-    bn_mode: str = opt("train", "White Box BatchNorm/dropout mode while training: proper train mode, or the "
+    bn_mode: str = opt("train", "White Box BatchNorm/dropout mode while training: proper train mode; the "
                        "reference code's (eval mode from epoch 2 on: running statistics of epoch 1, no "
-                       "dropout; all of stage h)", ["train", "reference"])
+                       "dropout; all of stage h); recalibrate (train mode, BatchNorm statistics "
+                       "re-estimated on the training images before every evaluation); freeze (BatchNorm "
+                       "statistics averaged over the first --bn-freeze-steps steps, then fixed; dropout "
+                       "stays on)", ["train", "reference", "recalibrate", "freeze"])
+    bn_freeze_steps: int = opt(2, "--bn-mode freeze: warm-up steps whose batch statistics BatchNorm keeps")
     val_every: int = opt(0, "evaluate on the val split every N epochs (0: never)")
     warmup_epochs: int = opt(0, "epochs at the constant --warmup-lr before the cosine schedule (CoOp-style)")
     warmup_lr: float = opt(1e-5, "learning rate during the warm-up epochs")
     # execution
     device: str = opt("auto", "cpu | cuda | cuda:N | auto")
     workers: int = opt(default_workers(), "data-loading worker processes (at most the machine's cores)")
-    amp: str = opt("auto", "mixed precision on CUDA", ["auto", "bf16", "fp16", "none"])
+    amp: str = opt("auto", "mixed precision: auto = bf16/fp16 on CUDA, none on CPU (where --amp bf16 "
+                   "is used if asked)", ["auto", "bf16", "fp16", "none"])
     compile: bool = opt(False, "torch.compile the training step")
     deterministic: bool = opt(False, "deterministic algorithms (bit-identical reruns and resumes)")
     save_every: int = opt(0, "also checkpoint every N steps (0: only at epoch ends)")
@@ -92,9 +97,11 @@ class TrainConfig:
     kla_variant: str = opt("code", "KLA form", ["code", "paper"])
     bottleneck: int = opt(32, "prompt-generator bottleneck width r")
     pg_dropout: float = opt(0.1, "dropout on the generated prompts (the reference's 0.1)")
+    wb_norm: str = opt("batch", "normalisation inside LIN and PG: BatchNorm (reference), per-image "
+                       "LayerNorm/GroupNorm, or none", ["batch", "layer", "none"])
     negative: str | None = opt(None, "source of the wrong class p (default: zeroshot when the backbone has a "
                                "CLIP text tower, else model)",
-                               ["zeroshot", "model", "none"])
+                               ["zeroshot", "model", "probe", "none"])
     knowledge_dim: int = opt(512, "knowledge width for --dry-run without --knowledge")
     curriculum: str = opt("none", "training curriculum", ["none", "easy-to-hard"])
     stage_h_lr: float = opt(5e-4, "initial learning rate of the easy-to-hard 'hard' stage (cosine to --min-lr)")
@@ -116,7 +123,8 @@ class TrainConfig:
 
 INT_RANGES = {"epochs": 0, "batch_size": 1, "img_size": 8, "workers": 0, "keep_last": 1, "save_every": 0,
               "local_prompts": 0, "lin_blocks": 0, "lin_k": 1, "kla_topn": 1, "bottleneck": 1,
-              "val_every": 0, "coop_ctx": 1, "cocoop_ctx": 1, "maple_ctx": 1, "maple_depth": 1, "stage_h_epochs": 1, "warmup_epochs": 0}
+              "val_every": 0, "coop_ctx": 1, "cocoop_ctx": 1, "maple_ctx": 1, "maple_depth": 1, "stage_h_epochs": 1, "warmup_epochs": 0,
+              "bn_freeze_steps": 1}
 
 
 def validate(cfg: TrainConfig) -> None:

@@ -270,8 +270,11 @@ def final_runs(out: Path, args, picked: dict[str, dict], data: Path, knowledge: 
 
 
 def table(picked: dict[str, dict], results: dict[str, list[dict]]) -> tuple[str, dict]:
-    rows = ["| method | picked lr | picked wd | val acc | test acc (mean ± std) | seeds | trainable params |",
-            "|---|---|---|---|---|---|---|"]
+    from .metrics import paired_difference
+
+    rows = ["| method | picked lr | picked wd | val acc | test acc (mean ± std) | − vpt-deep, paired 95 % CI "
+            "| seeds | trainable params |",
+            "|---|---|---|---|---|---|---|---|"]
     summary = {}
     for m, runs in results.items():
         accs = [100 * r["test_acc1"] for r in runs]
@@ -282,12 +285,19 @@ def table(picked: dict[str, dict], results: dict[str, list[dict]]) -> tuple[str,
                       "seeds": [r["seed"] for r in runs], "trainable_params": runs[0]["trainable_params"],
                       "gflops": runs[0]["gflops"], "train_seconds": [r["seconds"] for r in runs],
                       "grid": picked[m]["grid"]}
+    vpt = summary.get("vpt-deep")
+    for m, s in summary.items():  # every method trains on the same shots per seed as vpt-deep
+        if vpt is not None and m != "vpt-deep" and len(s["test_acc"]) == len(vpt["test_acc"]):
+            s["minus_vpt_deep"] = paired_difference(s["test_acc"], vpt["test_acc"])
     best = max(f"{s['test_acc_mean']:.2f}" for s in summary.values())
     for m, s in summary.items():
         acc = f"{s['test_acc_mean']:.2f} ± {s['test_acc_std']:.2f}"
         acc = f"**{acc}**" if f"{s['test_acc_mean']:.2f}" == best else acc
         val = "–" if s["val_acc"] is None else f"{100 * s['val_acc']:.2f}"
-        rows.append(f"| {m} | {s['lr']:g} | {s['wd']:g} | {val} | {acc} | "
+        d = s.get("minus_vpt_deep")
+        diff = "–" if d is None else (f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+                                      if d["n"] > 1 else f"{d['mean']:+.2f}")
+        rows.append(f"| {m} | {s['lr']:g} | {s['wd']:g} | {val} | {acc} | {diff} | "
                     f"{len(s['seeds'])} | {s['trainable_params']:,} |")
     return "\n".join(rows), summary
 

@@ -10,6 +10,9 @@ Specs (``--knowledge``):
 - ``file:<path.safetensors|path.npy>``: a (num_classes x dim) matrix computed elsewhere.
 - ``ngram:<dim>``: a fallback with no model at all: hashed character trigrams of the sentence.
   It knows spelling, not meaning; use it only where no text encoder can be installed.
+- ``random:<dim>``: fixed N(0, 1) vectors, one per class, seeded by the class name: a control that
+  carries no meaning at all (if it does as well as text, the text adds nothing).
+- ``learned:<dim>``: no encoder; LORE learns a class-embedding matrix with the White Box.
 """
 
 from __future__ import annotations
@@ -107,10 +110,12 @@ def encode_classes(spec: str, classnames: list[str], templates: list[str],
     elif kind == "sentence":
         emb = _encode_sentence(arg, classnames, templates)
     elif kind == "ngram":
-        emb = _encode_ngrams(classnames, templates, int(arg or 256))
+        emb = _encode_ngrams(classnames, templates, _width(spec, arg))
+    elif kind == "random":
+        emb = _random_rows(classnames, _width(spec, arg))
     else:
-        raise LoreError(f"--knowledge {spec!r}: expected clip:MODEL/TAG, sentence:MODEL, file:PATH "
-                        "or ngram:DIM")
+        raise LoreError(f"--knowledge {spec!r}: expected clip:MODEL/TAG, sentence:MODEL, file:PATH, "
+                        "ngram:DIM, random:DIM or learned:DIM")
     if not torch.isfinite(emb).all():
         raise LoreError(f"--knowledge {spec}: embeddings contain NaN or Inf")
     zero = (emb.float().norm(dim=-1) == 0).nonzero().flatten().tolist()
@@ -118,6 +123,43 @@ def encode_classes(spec: str, classnames: list[str], templates: list[str],
         raise LoreError(f"--knowledge {spec}: the row of class {classnames[zero[0]]!r} is all zeros "
                         f"({len(zero)} such row(s)); every class needs a non-zero embedding")
     return F.normalize(emb.float(), dim=-1).cpu()
+
+
+def learned_knowledge(spec: str | None) -> bool:
+    """``learned:DIM``: the class embedding is a trained parameter, nothing is encoded."""
+    return bool(spec) and spec.partition(":")[0] == "learned"
+
+
+def learned_width(spec: str) -> int:
+    return _width(spec, spec.partition(":")[2])
+
+
+def _width(spec: str, arg: str) -> int:
+    try:
+        dim = int(arg or 256)
+    except ValueError:
+        dim = 0
+    if not 1 <= dim <= 65536:
+        raise LoreError(f"--knowledge {spec!r}: the width after ':' must be an integer in [1, 65536]")
+    return dim
+
+
+def _random_rows(classnames: list[str], dim: int) -> torch.Tensor:
+    rows = []
+    for name in classnames:  # seeded by the name: the same class gets the same row in every run
+        seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+        rows.append(torch.randn(dim, generator=torch.Generator().manual_seed(seed)))
+    return torch.stack(rows)
+
+
+def knowledge_similarity(emb: torch.Tensor) -> float:
+    """Highest cosine between two classes' knowledge rows (1.0: two classes cannot be told apart)."""
+    if emb.shape[0] < 2:
+        return 0.0
+    e = F.normalize(emb.float(), dim=-1)
+    sim = e @ e.T
+    sim.fill_diagonal_(-1.0)
+    return float(sim.max())
 
 
 def cached_class_embeddings(cache: Path, spec: str, classnames: list[str], templates: list[str],

@@ -298,3 +298,18 @@ def pck(pred_xy: ArrayLike, gt_xy: ArrayLike, threshold: float | ArrayLike, alph
     bound = alpha * _np(threshold).astype(np.float64)
     dist = np.linalg.norm(pred - gt, axis=1)
     return float(np.mean(dist <= bound))
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict:
+    """Mean of ``a - b`` over paired runs (same seeds, same shots) with its two-sided Student-t
+    interval: ``{"mean", "low", "high", "n"}`` (low/high NaN with fewer than two pairs)."""
+    from scipy import stats
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if d.ndim != 1 or len(d) == 0:
+        raise ValueError(f"paired_difference needs two equal-length non-empty sequences, got {len(a)} and {len(b)}")
+    mean = float(d.mean())
+    if len(d) < 2:
+        return {"mean": mean, "low": math.nan, "high": math.nan, "n": 1}
+    half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": int(len(d))}

@@ -36,7 +36,9 @@ from .errors import LoreError
 from .flops import GFLOPS_COUNT, count_gflops, count_params, parameter_shares, text_tower_params
 from .io import absolute_paths, atomic_write_json, atomic_write_text, check_output_dir
 from .knowledge import (NEGATIVE_TEMPLATE, ZEROSHOT_TEMPLATE, cached_class_embeddings, default_knowledge_spec,
-                        read_templates)
+                        knowledge_similarity, learned_knowledge, learned_width, read_templates)
+from . import bn_modes
+from .probe import cross_fitted_predictions
 from .metrics import accuracy
 from .models import build_model
 from .models.coop import check_text_side, text_side_options, weightless
@@ -122,8 +124,9 @@ def build_from_config(cfg: TrainConfig, num_classes: int, knowledge: torch.Tenso
                        lin_blocks=cfg.lin_blocks, lin_k=cfg.lin_k, lin_variant=cfg.lin_variant,
                        kla_topn=cfg.kla_topn, kla_variant=cfg.kla_variant, bottleneck=cfg.bottleneck,
                        pg_dropout=cfg.pg_dropout, kp=cfg.kp, kp_weight=cfg.kp_weight,
-                       negative=cfg.negative or "model",
-                       knowledge_dim=None if knowledge is not None else cfg.knowledge_dim)
+                       negative=cfg.negative or "model", wb_norm=cfg.wb_norm,
+                       learn_knowledge=cfg.kp and learned_knowledge(cfg.knowledge),
+                       knowledge_dim=None if knowledge is not None else knowledge_width(cfg))
     elif cfg.method in TEXT_SIDE_METHODS:
         # these run the frozen CLIP text tower themselves; --dry-run builds it without weights
         spec = cfg.knowledge or default_knowledge_spec(cfg.backbone)
@@ -137,6 +140,10 @@ def build_from_config(cfg: TrainConfig, num_classes: int, knowledge: torch.Tenso
     return build_model(cfg.method, cfg.backbone, num_classes,
                        pretrained=cfg.pretrained if pretrained is None else pretrained,
                        checkpoint=cfg.checkpoint, backbone_args=cfg.backbone_args, **options)
+
+
+def knowledge_width(cfg: TrainConfig) -> int:
+    return learned_width(cfg.knowledge) if learned_knowledge(cfg.knowledge) else cfg.knowledge_dim
 
 
 def resolve_backbone_defaults(cfg: TrainConfig) -> TrainConfig:
@@ -228,8 +235,10 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
             _refuse_overwrite(out)
         atomic_write_text(out / "config.yaml", config_mod.to_yaml(cfg))
         if cfg.method == "lore":
-            print(f"lore: wrong class p from {cfg.negative!r} (--negative); test crop fraction "
-                  f"{cfg.crop_pct} (--crop-pct)", file=sys.stderr)
+            knows = "none (--no-kp)" if not cfg.kp else (cfg.knowledge or default_knowledge_spec(cfg.backbone))
+            print(f"lore: class knowledge {knows} (--knowledge); wrong class p from {cfg.negative!r} "
+                  f"(--negative); White Box norm {cfg.wb_norm!r} (--wb-norm), --bn-mode {cfg.bn_mode}; "
+                  f"test crop fraction {cfg.crop_pct} (--crop-pct)", file=sys.stderr)
     ctx = Context(cfg, info, device, out)
     knowledge = _knowledge(ctx, classnames) if cfg.method in KNOWLEDGE_METHODS else None
     model = build_from_config(cfg, len(classnames), knowledge, classnames=classnames).to(device)
@@ -289,6 +298,10 @@ def _knowledge(ctx: Context, classnames: list[str]) -> torch.Tensor | None:
     cfg = ctx.cfg
     if cfg.method == "lore" and not cfg.kp:
         return None
+    if learned_knowledge(cfg.knowledge):
+        if cfg.method != "lore":
+            raise LoreError(f"--knowledge {cfg.knowledge}: a learned class embedding exists for LORE only")
+        return None
     torch.manual_seed(cfg.seed)  # a random-init text tower (tests) encodes the same on every run
     spec = cfg.knowledge or default_knowledge_spec(cfg.backbone)
     template = cfg.template if cfg.method == "lore" or cfg.template else ZEROSHOT_TEMPLATE
@@ -297,8 +310,26 @@ def _knowledge(ctx: Context, classnames: list[str]) -> torch.Tensor | None:
     templates = read_templates(template)
     if cfg.dataset and not cfg.template and cfg.method != "lore":  # its published zero-shot templates
         templates = (prograd_templates if cfg.method == "prograd" else zeroshot_templates)(cfg.dataset)
-    return _rank0_cached(ctx, "knowledge.safetensors", spec, classnames, templates)
+    emb = _rank0_cached(ctx, "knowledge.safetensors", spec, classnames, templates)
+    if cfg.method == "lore":
+        warn_degenerate_knowledge(emb, classnames, spec, ctx.log)
+    return emb
 
+
+def warn_degenerate_knowledge(emb: torch.Tensor, classnames: list[str], spec: str, log,
+                              threshold: float = 0.95) -> float:
+    """Warn when two classes' knowledge rows are nearly the same: their K-L prototypes then coincide
+    and L_kp pulls toward and pushes from the same point (a no-op, or noise)."""
+    top = knowledge_similarity(emb)
+    if top >= threshold:
+        e = torch.nn.functional.normalize(emb.float(), dim=-1)
+        sim = (e @ e.T).fill_diagonal_(-1.0)
+        i, j = divmod(int(sim.argmax()), sim.shape[1])
+        log(f"lore: WARNING: the class knowledge ({spec}) of {classnames[i]!r} and {classnames[j]!r} is "
+            f"nearly identical (cosine {top:.3f} >= {threshold}); L_kp can hardly tell these classes "
+            "apart. Use richer class descriptions (--template or --knowledge file:), "
+            "--knowledge learned:DIM, or --no-kp")
+    return top
 
 def _rank0_cached(ctx: Context, name: str, spec: str, classnames: list[str], templates: list[str]) -> torch.Tensor:
     """Rank 0 encodes and writes the cache; the other ranks read it (one file, one encoder run)."""
@@ -322,7 +353,8 @@ def _cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
 
 
 def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or cfg.amp == "none":
+    # on a CPU only an explicit --amp bf16 (fast where the CPU has AMX / AVX512-BF16 units)
+    if cfg.amp == "none" or (device.type != "cuda" and cfg.amp != "bf16"):
         return None
     if cfg.amp == "fp16":
         return torch.float16
@@ -353,6 +385,9 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
         model.set_negatives(negatives)
     elif getattr(model, "negative", None) == "zeroshot" and knowledge is not None:
         model.set_negatives(_zero_shot_predictions(ctx, model, samples, classnames))
+    elif getattr(model, "negative", None) == "probe":
+        feats, labels = _encode(ctx, model, samples)
+        model.set_negatives(cross_fitted_predictions(feats, labels, len(classnames), seed=cfg.seed))
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise LoreError(f"--method {cfg.method} has no trainable parameters")
@@ -386,6 +421,8 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
         # stage h starts after an eval-mode selection pass): --bn-mode reference reproduces that
         frozen_norm = cfg.bn_mode == "reference" and (epoch > 0 or stage == "h")
         model.train(not frozen_norm)
+        if cfg.bn_mode == "freeze":
+            bn_modes.set_frozen(model, counters["global_step"] >= cfg.bn_freeze_steps)
         sampler = EpochBatchSampler(len(samples), cfg.batch_size, cfg.seed, epoch + 1000 * (stage == "h"),
                                     info.rank, info.world, start_step=counters["step"])
         # an own generator: creating the iterator must not draw from the global RNG, or a resumed
@@ -413,6 +450,8 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
                 cur_lr = cfg.warmup_lr
             for g in optimizer.param_groups:
                 g["lr"] = cur_lr
+            if cfg.bn_mode == "freeze" and counters["global_step"] == cfg.bn_freeze_steps:
+                bn_modes.set_frozen(model, True)
             images = images.to(device, non_blocking=True)
             if device.type == "cuda":  # the patch-embedding conv is faster in NHWC
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -443,14 +482,21 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
                 counters["sums"] = {k: float(v) for k, v in sums.items()}
                 _save_state(ctx, model, optimizer, counters)
         bar.close()
-        line = _epoch_metrics(ctx, model, sums, epoch, stage, cur_lr, time.time() - epoch_start, val)
+        line = _epoch_metrics(ctx, model, sums, epoch, stage, cur_lr, time.time() - epoch_start, val, samples)
         counters.update(epoch=epoch + 1, step=0, sums={})
         if info.main:
             with open(ctx.out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(line) + "\n")
         _save_state(ctx, model, optimizer, counters)
         ctx.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items()))
+    if cfg.bn_mode == "recalibrate":  # the saved model then tests as it will be tested
+        _recalibrate(ctx, model, samples)
     model.eval()
+
+
+def _recalibrate(ctx: Context, model: nn.Module, samples: list) -> None:
+    """--bn-mode recalibrate: the White Box's BatchNorm statistics from all training images."""
+    bn_modes.recalibrate(model, _eval_loader(ctx, samples), ctx.device)
 
 
 def _check_finite(loss: torch.Tensor, info: DistInfo, epoch: int, step: int, global_step: int,
@@ -463,7 +509,7 @@ def _check_finite(loss: torch.Tensor, info: DistInfo, epoch: int, step: int, glo
 
 
 def _epoch_metrics(ctx: Context, model: nn.Module, sums: dict, epoch: int, stage: str, lr: float,
-                   seconds: float, val: list | None) -> dict:
+                   seconds: float, val: list | None, train_samples: list) -> dict:
     keys = sorted(sums)
     vec = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=ctx.device)
     vec = dict(zip(keys, all_reduce_sum(vec, ctx.info).tolist()))
@@ -475,6 +521,8 @@ def _epoch_metrics(ctx: Context, model: nn.Module, sums: dict, epoch: int, stage
     line["train_acc"] = vec.get("correct", 0.0) / n
     if val and ctx.cfg.val_every and (epoch + 1) % ctx.cfg.val_every == 0:
         mode = model.training
+        if ctx.cfg.bn_mode == "recalibrate":
+            _recalibrate(ctx, model, train_samples)
         line["val_acc"] = evaluate(ctx, model, val)["acc1"]
         model.train(mode)
     line["seconds"] = round(seconds, 3)

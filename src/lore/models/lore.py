@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..backbone import BlackBox
 from ..errors import LoreError
@@ -18,7 +19,7 @@ from . import register
 from .base import AdaptedViT, make_head
 from .vpt import GlobalPrompts
 
-NEGATIVES = ("zeroshot", "model", "none")
+NEGATIVES = ("zeroshot", "model", "probe", "none")
 
 
 class LORE(AdaptedViT):
@@ -27,7 +28,12 @@ class LORE(AdaptedViT):
 
     ``negative`` says where the wrong class p of L_kp comes from. ``lore train`` resolves it as the
     reference does (``zeroshot`` on a CLIP backbone: frozen zero-shot predictions handed over with
-    :meth:`set_negatives`); built directly, the default ``model`` uses the current prediction.
+    :meth:`set_negatives`); built directly, the default ``model`` uses the current prediction;
+    ``probe``: a fixed table from a linear probe on the frozen features (also via set_negatives).
+
+    ``learn_knowledge``: with no knowledge matrix, learn a (num_classes, knowledge_dim) class
+    embedding with the White Box instead (used by KLA in training only, as the frozen one).
+    ``wb_norm``: LIN's and PG's normalisation (:mod:`lore.whitebox.norm`).
     """
 
     method = "lore"
@@ -36,9 +42,12 @@ class LORE(AdaptedViT):
                  knowledge_dim: int | None = None, global_prompts: int = 8, local_prompts: int = 2,
                  lin_blocks: int = 1, lin_k: int = 9, lin_variant: str = "vig", kla_topn: int = 9,
                  kla_variant: str = "code", bottleneck: int = 32, pg_dropout: float = 0.1, kp: bool = True,
-                 kp_weight: float = 0.1, negative: str = "model"):
+                 kp_weight: float = 0.1, negative: str = "model", wb_norm: str = "batch",
+                 learn_knowledge: bool = False):
         if negative not in NEGATIVES:
             raise LoreError(f"--negative {negative!r}: choose one of {NEGATIVES}")
+        if learn_knowledge and knowledge is not None:
+            raise LoreError("learn_knowledge replaces the knowledge matrix: pass one or the other")
         if kp and knowledge is None and knowledge_dim is None:
             raise LoreError("LORE with L_kp needs class knowledge (--knowledge) or --no-kp")
         knowledge_dim = int(knowledge.shape[1]) if knowledge is not None else knowledge_dim
@@ -47,11 +56,12 @@ class LORE(AdaptedViT):
                          local_prompts=local_prompts, lin_blocks=lin_blocks, lin_k=lin_k,
                          lin_variant=lin_variant, kla_topn=kla_topn, kla_variant=kla_variant,
                          bottleneck=bottleneck, pg_dropout=pg_dropout, kp=kp, kp_weight=kp_weight,
-                         negative=negative)
+                         negative=negative, wb_norm=wb_norm, learn_knowledge=learn_knowledge)
         D, L = black_box.embed_dim, black_box.depth
         self.global_prompts = GlobalPrompts(L, global_prompts, D) if global_prompts > 0 else None
-        self.lin = LIN(D, k=lin_k, blocks=lin_blocks, variant=lin_variant)
-        self.pg = PromptGenerator(D, L, num_prompts=local_prompts, bottleneck=bottleneck, dropout=pg_dropout)
+        self.lin = LIN(D, k=lin_k, blocks=lin_blocks, variant=lin_variant, norm=wb_norm)
+        self.pg = PromptGenerator(D, L, num_prompts=local_prompts, bottleneck=bottleneck, dropout=pg_dropout,
+                                  norm=wb_norm)
         self.kla = KLA(D, knowledge_dim, topn=kla_topn, variant=kla_variant) if kp else None
         self.kp_weight = kp_weight
         self.negative = negative
@@ -59,6 +69,15 @@ class LORE(AdaptedViT):
         self.register_buffer("knowledge", knowledge.float() if knowledge is not None else None,
                              persistent=False)
         self.register_buffer("negatives", None, persistent=False)
+        # N(0, 1) rows are nearly orthogonal in high dimension: distinct classes from the start
+        self.class_embedding = (nn.Parameter(torch.randn(num_classes, knowledge_dim))
+                                if learn_knowledge and kp else None)
+
+    def class_knowledge(self) -> torch.Tensor | None:
+        """The (C, d) knowledge rows KLA reads: the frozen matrix, or the learned one, L2-normalised."""
+        if self.class_embedding is not None:
+            return F.normalize(self.class_embedding, dim=-1)
+        return self.knowledge
 
     def set_negatives(self, predictions: torch.Tensor) -> None:
         """Per-training-image wrong class p (e.g. zero-shot CLIP predictions), indexed by sample."""
@@ -93,12 +112,13 @@ class LORE(AdaptedViT):
         logits = self.head(self.black_box.forward_embed(e0, self._prompts(u)).pooled)
         task = F.cross_entropy(logits.float(), targets, reduction="none")
         terms = {"task": task.detach()}
-        if self.kla is None or self.knowledge is None:
+        knowledge = self.class_knowledge()
+        if self.kla is None or knowledge is None:
             return task, logits, terms
         wrong = self._wrong_class(logits, index)
         rows = targets[:, None] if wrong is None else torch.stack([targets, wrong], dim=1)
         with torch.autocast(e0.device.type, enabled=False):  # float32, like the rest of the White Box
-            protos, _ = self.kla.forward_rows(e_hat, self.knowledge[rows].float(), grid_h=e0.shape[1])
+            protos, _ = self.kla.forward_rows(e_hat, knowledge[rows].float(), grid_h=e0.shape[1])
         kp = kp_loss(y.float(), protos[:, 0].float(), None if wrong is None else protos[:, 1].float(),
                      targets, wrong, reduction="none")
         terms["kp"] = kp.detach()
@@ -111,17 +131,18 @@ class LORE(AdaptedViT):
             return None
         if self.negatives is not None and index is not None:
             return self.negatives[index]
-        if self.negative == "zeroshot":
-            raise RuntimeError("negative='zeroshot' needs set_negatives() before training")
+        if self.negative in ("zeroshot", "probe"):
+            raise RuntimeError(f"negative={self.negative!r} needs set_negatives() before training")
         return logits.detach().argmax(dim=-1)
 
     def kla_attention(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """KLA attention of each image over its patches for one class each: (B, h, w)."""
-        if self.kla is None or self.knowledge is None:
+        knowledge = self.class_knowledge()
+        if self.kla is None or knowledge is None:
             raise LoreError("this LORE model has no KLA / knowledge (trained with --no-kp?)")
         e0 = self.black_box.embed(images)
         e_hat, _, _ = self.white_box(e0)
-        attn = self.kla.attention(e_hat, self.knowledge[classes][:, None].to(e_hat.dtype),
+        attn = self.kla.attention(e_hat, knowledge[classes][:, None].to(e_hat.dtype),
                                   grid_h=e0.shape[1])
         return attn[:, 0].reshape(e0.shape[0], e0.shape[1], e0.shape[2])
 

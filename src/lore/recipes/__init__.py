@@ -21,6 +21,11 @@ RECIPES = ("paper",)
 SCHEDULE_KEYS = ("epochs", "batch_size", "lr", "min_lr", "wd", "warmup_epochs", "warmup_lr",
                  "stage_h_epochs", "stage_h_lr", "aug", "train_crop_pct")
 META_KEYS = {"source", "notes"}
+# What the reference code does to every LORE run besides its configuration file: it switches the
+# model to eval mode after epoch 1 and never back (its evaluation loop), so from epoch 2 on the White
+# Box's BatchNorm uses epoch 1's running statistics and dropout is off. The paper's numbers were
+# made so; ``--recipe paper`` trains LORE (with or without L_kp) the same way.
+LORE_REFERENCE_BEHAVIOUR = {"bn_mode": "reference"}
 
 
 def _norm_backbone(name: str) -> str:
@@ -79,7 +84,7 @@ def lookup(dataset: str, method: str, backbone: str, shots: int | None,
     regime = "easy-to-hard" if curriculum == "easy-to-hard" else "fewshot"
     k = shots or 0
     if method == "lore":
-        return _lore_entry(dataset, backbone, regime, k)
+        return {**LORE_REFERENCE_BEHAVIOUR, **_lore_entry(dataset, backbone, regime, k)}
     path = RECIPE_DIR / "baselines.yaml"
     recipes = _read(path)
     if method not in recipes:

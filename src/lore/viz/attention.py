@@ -113,7 +113,7 @@ def is_bare(model: nn.Module) -> bool:
 
 def has_kla(model: nn.Module) -> bool:
     return (hasattr(model, "kla_attention") and getattr(model, "kla", None) is not None
-            and getattr(model, "knowledge", None) is not None)
+            and model.class_knowledge() is not None)
 
 
 @torch.no_grad()

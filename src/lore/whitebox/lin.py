@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .norm import Norm, token_norm
+
 __all__ = ["LIN", "knn_indices", "max_relative"]
 
 LINVariant = Literal["vig", "paper"]
@@ -90,9 +92,9 @@ def _interleave(x: Tensor, rel: Tensor) -> Tensor:
     return torch.stack((x, rel), dim=-1).flatten(-2)
 
 
-def _conv_bn(c_in: int, c_out: int, groups: int = 1) -> nn.Sequential:
-    """1x1 conv (with bias) + BatchNorm on a (B, C, N) layout."""
-    return nn.Sequential(nn.Conv1d(c_in, c_out, kernel_size=1, groups=groups), nn.BatchNorm1d(c_out))
+def _conv_bn(c_in: int, c_out: int, groups: int = 1, norm: Norm = "batch") -> nn.Sequential:
+    """1x1 conv (with bias) + normalisation (BatchNorm in the reference) on a (B, C, N) layout."""
+    return nn.Sequential(nn.Conv1d(c_in, c_out, kernel_size=1, groups=groups), token_norm(norm, c_out))
 
 
 class Grapher(nn.Module):
@@ -101,12 +103,12 @@ class Grapher(nn.Module):
     Shapes: forward((B, D, N)) -> (B, D, N).
     """
 
-    def __init__(self, dim: int, k: int, groups: int) -> None:
+    def __init__(self, dim: int, k: int, groups: int, norm: Norm = "batch") -> None:
         super().__init__()
         self.k = k
-        self.fc1 = _conv_bn(dim, dim)
-        self.graph_conv = nn.Sequential(*_conv_bn(2 * dim, 2 * dim, groups=groups), nn.GELU())
-        self.fc2 = _conv_bn(2 * dim, dim)
+        self.fc1 = _conv_bn(dim, dim, norm=norm)
+        self.graph_conv = nn.Sequential(*_conv_bn(2 * dim, 2 * dim, groups=groups, norm=norm), nn.GELU())
+        self.fc2 = _conv_bn(2 * dim, dim, norm=norm)
 
     def forward(self, x: Tensor) -> Tensor:
         z = self.fc1(x).transpose(1, 2)  # (B, N, D): the graph is built on fc1's output, as in ViG
@@ -121,10 +123,10 @@ class FFN(nn.Module):
     Shapes: forward((B, D, N)) -> (B, D, N).
     """
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, norm: Norm = "batch") -> None:
         super().__init__()
-        self.fc1 = _conv_bn(dim, hidden)
-        self.fc2 = _conv_bn(hidden, dim)
+        self.fc1 = _conv_bn(dim, hidden, norm=norm)
+        self.fc2 = _conv_bn(hidden, dim, norm=norm)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.fc2(F.gelu(self.fc1(x)))
@@ -133,10 +135,10 @@ class FFN(nn.Module):
 class ViGBlock(nn.Module):
     """One reference LIN block: Grapher then FFN. Shapes: (B, D, N) -> (B, D, N)."""
 
-    def __init__(self, dim: int, k: int, groups: int) -> None:
+    def __init__(self, dim: int, k: int, groups: int, norm: Norm = "batch") -> None:
         super().__init__()
-        self.grapher = Grapher(dim, k, groups)
-        self.ffn = FFN(dim, 4 * dim)
+        self.grapher = Grapher(dim, k, groups, norm)
+        self.ffn = FFN(dim, 4 * dim, norm)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.ffn(self.grapher(x))
@@ -170,6 +172,8 @@ class LIN(nn.Module):
         blocks: number of stacked LIN blocks.
         variant: ``"vig"`` (reference Grapher + FFN) or ``"paper"`` (relu(E'W1)W2 + E0).
         groups: groups of the grouped 2D -> 2D conv of the ``"vig"`` Grapher (must divide 2D).
+        norm: the ``"vig"`` form's normalisation: ``"batch"`` (reference), ``"layer"`` or ``"none"``
+            (see :mod:`lore.whitebox.norm`).
 
     Shapes:
         forward(e0: (B, h, w, D) or (B, N, D)) -> E^ with the same shape as ``e0``.
@@ -177,7 +181,8 @@ class LIN(nn.Module):
     BatchNorm (``"vig"``) uses batch statistics in training mode: train with B * N > 1.
     """
 
-    def __init__(self, dim: int, k: int = 9, blocks: int = 1, variant: LINVariant = "vig", groups: int = 4) -> None:
+    def __init__(self, dim: int, k: int = 9, blocks: int = 1, variant: LINVariant = "vig", groups: int = 4,
+                 norm: Norm = "batch") -> None:
         super().__init__()
         if variant not in ("vig", "paper"):
             raise ValueError(f"LIN variant must be 'vig' or 'paper', got {variant!r}")
@@ -187,7 +192,7 @@ class LIN(nn.Module):
             raise ValueError(f"groups={groups} must divide 2 * dim = {2 * dim}")
         self.dim, self.k, self.variant = dim, k, variant
         if variant == "vig":
-            self.blocks = nn.ModuleList(ViGBlock(dim, k, groups) for _ in range(blocks))
+            self.blocks = nn.ModuleList(ViGBlock(dim, k, groups, norm) for _ in range(blocks))
         else:
             self.blocks = nn.ModuleList(PaperBlock(dim, k) for _ in range(blocks))
         self.reset_parameters()

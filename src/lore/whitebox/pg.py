@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .norm import Norm, vector_norm
+
 __all__ = ["PromptGenerator"]
 
 
@@ -26,6 +28,7 @@ class PromptGenerator(nn.Module):
         num_prompts: n, locality-aware prompts per layer.
         bottleneck: r, the hidden width of Psi_1 and Psi_2.
         dropout: dropout on the generated prompts.
+        norm: ``"batch"`` (reference BatchNorm1d), ``"layer"`` (LayerNorm) or ``"none"``.
 
     Shapes:
         forward(e_hat: (B, N, D) or (B, h, w, D)) -> (Y: (B, D), U: (B, L, n, D))
@@ -33,16 +36,17 @@ class PromptGenerator(nn.Module):
     BatchNorm uses batch statistics in training mode: train with B > 1.
     """
 
-    def __init__(self, dim: int, depth: int, num_prompts: int = 2, bottleneck: int = 32, dropout: float = 0.1) -> None:
+    def __init__(self, dim: int, depth: int, num_prompts: int = 2, bottleneck: int = 32, dropout: float = 0.1,
+                 norm: Norm = "batch") -> None:
         super().__init__()
         self.dim, self.depth, self.num_prompts = dim, depth, num_prompts
         out = depth * num_prompts * dim
         self.psi2 = nn.Sequential(
-            nn.Linear(dim, bottleneck), nn.BatchNorm1d(bottleneck), nn.GELU(), nn.Linear(bottleneck, dim)
+            nn.Linear(dim, bottleneck), vector_norm(norm, bottleneck), nn.GELU(), nn.Linear(bottleneck, dim)
         )
         self.psi1 = nn.Sequential(
-            nn.Linear(dim, bottleneck), nn.BatchNorm1d(bottleneck), nn.GELU(),
-            nn.Linear(bottleneck, out), nn.BatchNorm1d(out), nn.Dropout(dropout),
+            nn.Linear(dim, bottleneck), vector_norm(norm, bottleneck), nn.GELU(),
+            nn.Linear(bottleneck, out), vector_norm(norm, out), nn.Dropout(dropout),
         )
         self.reset_parameters()
 

@@ -102,13 +102,9 @@ class Task:
 
 
 def _write_split(path: Path, classnames: list[str], splits: dict[str, list]) -> Path:
-    from lore.io import atomic_write_text
+    from lore.data.datasets import write_coop_split
 
-    text = json.dumps({k: [[p, y, classnames[y]] for p, y in v] for k, v in splits.items()})
-    if not path.is_file() or path.read_text() != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, text)
-    return path
+    return write_coop_split(path, classnames, splits)
 
 
 def _stratified(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
@@ -189,9 +185,9 @@ def prepare(out: Path, args) -> dict[str, dict]:
         classes, train, val, test = reader(out, args)
         data[name] = {
             "classes": classes,
-            "select": _write_split(out / "data" / name / "select" / f"split_zhou_{name}.json", classes,
+            "select": _write_split(out / "data" / f"split_zhou_{name}-select.json", classes,
                                    {"train": train, "val": val}),
-            "final": _write_split(out / "data" / name / "final" / f"split_zhou_{name}.json", classes,
+            "final": _write_split(out / "data" / f"split_zhou_{name}-final.json", classes,
                                   {"train": train, "test": test}),
             "val": val, "test": test,
             "counts": {"classes": len(classes), "pool_minus_val": len(train), "val": len(val),
@@ -389,7 +385,9 @@ class Study:
         self.args = args
         self.out = Path(args.out).resolve()
         self.seeds = [args.seed + k for k in range(args.seeds)]
-        self.norm_variants = {**NORM_VARIANTS, **(EXTRA_NORM_VARIANTS if args.norm_variants == "all" else {})}
+        self.norm_variants = _pick({**NORM_VARIANTS, **EXTRA_NORM_VARIANTS}, args.norm_variants,
+                                   {"default": list(NORM_VARIANTS)}, "--norm-variants")
+        self.kp_variants = _pick(KP_VARIANTS, args.kp_variants, {}, "--kp-variants")
         self.results: dict = {"cells": {}, "chosen": None}
         self.started = time.time()
 
@@ -480,7 +478,7 @@ class Study:
         mode = self.norm_variants[chosen]
         lr = {t: [self.results["cells"][f"{task.name} | {chosen}"]["lr"]] for t, task in short.items()}
         for dataset, task in short.items():
-            names = list(KP_VARIANTS) if dataset == "elpv" or self.args.kp_everywhere else ["lore minilm"]
+            names = list(self.kp_variants) if dataset == "elpv" or self.args.kp_everywhere else ["lore minilm"]
             for name in names:
                 opts = dict(KP_VARIANTS[name])
                 kind = opts.pop("knowledge", "@minilm")
@@ -492,9 +490,10 @@ class Study:
         """More steps per epoch (more shots; a smaller batch) and a longer schedule, at the learning
         rates the short schedule picked."""
         args = self.args
-        tasks = [self.task("elpv", args.regime_shots, args.batch_size, args.epochs),
-                 self.task("elpv", args.shots, args.batch_size, args.epochs * 2, long=True),
-                 self.task("fmnist", args.shots * 2, max(2, args.batch_size // 2), args.epochs)]
+        tasks = {"more-shots": self.task("elpv", args.regime_shots, args.batch_size, args.epochs),
+                 "long": self.task("elpv", args.shots, args.batch_size, args.epochs * 2, long=True),
+                 "small-batch": self.task("fmnist", args.shots * 2, max(2, args.batch_size // 2), args.epochs)}
+        tasks = _pick(tasks, args.regimes, {}, "--regimes").values()
         names = ["lore-no-kp train", "lore-no-kp reference"] + [chosen] * (chosen not in (
             "lore-no-kp train", "lore-no-kp reference"))
         for task in tasks:
@@ -558,6 +557,14 @@ def render(results: dict) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
+def _pick(items: dict, spec: str, aliases: dict[str, list[str]], option: str) -> dict:
+    names = aliases.get(spec) or (list(items) if spec == "all" else [n.strip() for n in spec.split(",") if n.strip()])
+    unknown = [n for n in names if n not in items]
+    if unknown or not names:
+        raise SystemExit(f"{option} {spec!r}: choose from {', '.join(items)}")
+    return {n: items[n] for n in names}
+
+
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
@@ -584,8 +591,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=8, help="short schedule (the long one is twice as long)")
     p.add_argument("--lrs", type=_floats, default=[3e-3], help="learning rates, picked per cell on "
                    "validation (default: the reference's 0.003 only, to fit 2 CPU cores)")
-    p.add_argument("--norm-variants", default="default", choices=["default", "all"],
-                   help="all: also LORE with no White Box normalisation at all")
+    p.add_argument("--norm-variants", default="default", help="comma-separated names, 'default' ("
+                   + ", ".join(NORM_VARIANTS) + ") or 'all' (also: " + ", ".join(EXTRA_NORM_VARIANTS) + ")")
+    p.add_argument("--kp-variants", default="all", help="comma-separated subset of " + ", ".join(KP_VARIANTS))
+    p.add_argument("--regimes", default="all", help="comma-separated subset of more-shots (ELPV, 8 "
+                   "steps/epoch), long (ELPV, 2x epochs), small-batch (Fashion-MNIST, 40 steps/epoch)")
     p.add_argument("--wd", type=float, default=1e-3)
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--seed", type=int, default=1993)

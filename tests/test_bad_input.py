@@ -804,3 +804,48 @@ def test_training_to_a_log_file_prints_plain_progress_lines(colors, tmp_path, mo
     steps = [int(line.split()[4].split("/")[0]) for line in lines]
     assert steps == [1, 2, 3, 4, 5, 6]  # one line per step at interval 0 (6 batches of 8)
     assert all(" loss " in line and " lr " in line for line in lines)
+
+
+# --- CoOp split files: labels bounded before anything is built, paths kept inside the root --------
+
+def _coop_file(tmp_path: Path, entries: dict) -> Path:
+    """A CoOp split file as Zhou et al. distribute it: {"train"|"val"|"test": [[impath, label, classname]]}
+    with image paths relative to the folder the images live in."""
+    (tmp_path / "data" / "images").mkdir(parents=True, exist_ok=True)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "data" / "images" / name)
+    (tmp_path / "outside").mkdir(exist_ok=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "outside" / "secret.png")
+    path = tmp_path / "data" / "split_zhou_Mine.json"
+    path.write_text(json.dumps(entries))
+    return path
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"train": [["images/a.png", 10 ** 30, "x"]]}, "has label 1000000000000000000000000000000"),
+    ({"train": [["images/a.png", -1, "x"]]}, "has label -1"),
+    ({"train": [["images/a.png", "0", "x"]]}, "has label '0'"),
+    ({"train": [["images/a.png", 0, "x"]], "test": [["../outside/secret.png", 0, "x"]]}, "leads outside"),
+    ({"train": [["images/a.png", 0, "x"]], "test": [[None, 0, "x"]]}, "entries must be"),
+])
+def test_coop_split_refuses_huge_labels_and_escaping_paths(tmp_path, bad, message):
+    from lore.data.datasets import load_dataset
+    from lore.errors import LoreError
+
+    path = _coop_file(tmp_path, bad)
+    with pytest.raises(LoreError, match=message) as info:
+        load_dataset(str(path), "coop-split")
+    assert "split_zhou_Mine.json" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_coop_split_absolute_paths_are_refused_and_good_files_load(tmp_path):
+    from lore.data.datasets import load_dataset
+    from lore.errors import LoreError
+
+    secret = str(tmp_path / "outside" / "secret.png")
+    path = _coop_file(tmp_path, {"train": [["images/a.png", 0, "x"]], "test": [[secret, 1, "y"]]})
+    with pytest.raises(LoreError, match=r"\(test entry 0\).*not a name inside"):
+        load_dataset(str(path), "coop-split")
+    path.write_text(json.dumps({"train": [["images/a.png", 0, "x"]], "test": [["images/b.png", 1, "y"]]}))
+    data = load_dataset(str(path), "coop-split")
+    assert data.classnames == ["x", "y"] and len(data.get("test")) == 1

@@ -328,3 +328,14 @@ def test_harness_trains_saves_and_reloads(method: str, spec: str, tmp_path: Path
     again = json.loads((out / "eval_test.json").read_text())
     assert again["acc1"] == pytest.approx(final["test_acc1"]) and again["n"] == 3 * C
     assert model.method == method
+
+
+def test_coop_refuses_a_context_that_truncates_the_class_names(black_box, spec) -> None:
+    """A 100-word --ctx-init fills CLIP's 77-token window: the class names would be cut off and every
+    class get the same text feature. Refused, naming the option; a context that fits still builds."""
+    with pytest.raises(LoreError, match=r"--ctx-init\) leaves no room for the class names .* 77-token window"):
+        build_model("coop", black_box, C, classnames=NAMES, text_tower=spec, n_ctx=16,
+                    ctx_init=" ".join(["photo"] * 74))
+    model = build_model("coop", black_box, C, classnames=NAMES, text_tower=spec, n_ctx=16,
+                        ctx_init=" ".join(["photo"] * 70))
+    assert model.text_features().shape == (C, 32)

@@ -148,8 +148,9 @@ def test_demo_fair_protocol_table_and_report(tmp_path, wheel, capsys):
     assert list(summary["results"]) == ["linear", "vpt-deep", "lore-no-kp", "lore"]
     assert summary["data"] == {**summary["data"], "pool": 16, "val": 8, "test": 12, "test_per_class": [6, 6]}
     assert "all-MiniLM-L6-v2" in summary["knowledge"] or "FALLBACK" in summary["knowledge"]
-    select = json.loads((out / "data" / "select" / "split_zhou_elpv.json").read_text())
-    final = json.loads((out / "data" / "final" / "split_zhou_elpv.json").read_text())
+    select = json.loads((out / "data" / "split_zhou_elpv-select.json").read_text())
+    final = json.loads((out / "data" / "split_zhou_elpv-final.json").read_text())
+    assert all(p.startswith("cells-32px/") for s in (select, final) for v in s.values() for p, _, _ in v)
     test_files = {p for p, _, _ in final["test"]}
     assert not test_files & {p for s in select.values() for p, _, _ in s}  # selection never sees test
     assert not {p for p, _, _ in select["val"]} & {p for p, _, _ in select["train"]}
@@ -183,6 +184,12 @@ def test_demo_fair_protocol_table_and_report(tmp_path, wheel, capsys):
     # a second run reuses every finished run
     assert lore_cli(*args) == 0
     assert "cached" in capsys.readouterr().err
+    # other LORE options into the same --out: refused before anything is deleted
+    before = {p: p.read_bytes() for p in out.glob("runs/*/seed*/final.json")}
+    assert lore_cli(*args[:-1], "bn_mode=train") == 2
+    err = capsys.readouterr().err
+    assert "holds a finished run with other options" in err and "--fresh" in err
+    assert {p: p.read_bytes() for p in out.glob("runs/*/seed*/final.json")} == before
 
 
 def test_demo_single_grid_point_needs_no_validation_runs(tmp_path):

@@ -80,7 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lore-set", default="", metavar="KEY=VALUE,...",
                         help="extra `lore train` options for the two LORE runs, e.g. bn_mode=reference")
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--fresh", action="store_true", help="re-run finished runs too")
+    parser.add_argument("--fresh", action="store_true",
+                        help="re-run finished runs too (replacing those made with other options)")
 
 
 def _check(args: argparse.Namespace) -> list[str]:
@@ -105,6 +106,7 @@ def _check(args: argparse.Namespace) -> list[str]:
 
 def _write_splits(out: Path, args) -> tuple[Path, Path, dict]:
     """The two split files the runs read: selection (pool minus val -> val) and final (pool -> test)."""
+    from .data.datasets import write_coop_split
     from .data.elpv import CLASSNAMES, LICENSE_NOTE, load_elpv, stratified_take
 
     data, types = load_elpv(args.elpv, pool_per_class=args.pool_per_class,
@@ -117,17 +119,11 @@ def _write_splits(out: Path, args) -> tuple[Path, Path, dict]:
     kinds = np.array([types[p] == "poly" for p, _ in pool])
     val_idx = set(stratified_take(labels, kinds, args.val_per_class,
                                   np.random.default_rng(args.seed)).tolist())
-    rows = lambda samples: [[p, y, CLASSNAMES[y]] for p, y in samples]  # noqa: E731
-    select = out / "data" / "select" / "split_zhou_elpv.json"
-    final = out / "data" / "final" / "split_zhou_elpv.json"
-    for path, content in (
-            (select, {"train": rows(s for i, s in enumerate(pool) if i not in val_idx),
-                      "val": rows(s for i, s in enumerate(pool) if i in val_idx)}),
-            (final, {"train": rows(pool), "test": rows(test)})):
-        text = json.dumps(content, indent=0)
-        if not path.is_file() or path.read_text() != text:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, text)
+    select = write_coop_split(out / "data" / "split_zhou_elpv-select.json", list(CLASSNAMES),
+                              {"train": [s for i, s in enumerate(pool) if i not in val_idx],
+                               "val": [s for i, s in enumerate(pool) if i in val_idx]})
+    final = write_coop_split(out / "data" / "split_zhou_elpv-final.json", list(CLASSNAMES),
+                             {"train": pool, "test": test})
     counts = {"pool": len(pool), "val": len(val_idx), "test": len(test),
               "test_per_class": np.bincount([y for _, y in test], minlength=2).tolist(),
               "elpv": data.root, "license": LICENSE_NOTE}
@@ -214,10 +210,15 @@ def _run(cfg, fresh: bool, label: str) -> dict:
     # the options as the demo asked for them (config.yaml holds them resolved by the harness)
     stamp, asked = run_dir / "demo_options.yaml", to_yaml(cfg)
     same = stamp.is_file() and stamp.read_text() == asked
-    if (run_dir / "final.json").is_file() and same and not fresh:
+    finished = (run_dir / "final.json").is_file()
+    if finished and same and not fresh:
         print(f"  {label}: finished earlier with these options (cached)", file=sys.stderr)
     else:
-        if run_dir.exists():  # the demo's own earlier (other options, or interrupted) run
+        if finished and not fresh:  # never delete a finished result the user did not ask to replace
+            raise LoreError(f"--out: {run_dir} holds a finished run with other options (e.g. another "
+                            "--lore-set, --epochs or --shots); choose a new --out, or add --fresh to "
+                            "replace the runs there")
+        if run_dir.exists():  # the demo's own interrupted run, or one --fresh replaces
             shutil.rmtree(run_dir)
         print(f"  {label}", file=sys.stderr)
         run(cfg)

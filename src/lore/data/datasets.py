@@ -19,6 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import LoreError
+from ..io import inside_root
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 FORMATS = ("imagefolder", "vpt-json", "coop-split", "csv")
@@ -202,13 +203,27 @@ def _coop_split(root: Path, image_dir: str | None, holdout: float) -> Splits:
     base = _resolve_image_root(root, image_dir, first)
     names: dict[int, str] = {}
     splits: dict[str, list[Sample]] = {}
+    total = sum(len(raw.get(s) or []) for s in SPLITS)
     for s in SPLITS:
-        items = raw.get(s, [])
-        for item in items:
-            if not (isinstance(item, list) and len(item) == 3):
-                raise LoreError(f"{split_file}: {s} entries must be [path, label, classname], got {item!r}")
-            names.setdefault(int(item[1]), str(item[2]))
-        splits[s] = [(str((base / p).resolve()), int(y)) for p, y, _ in items]
+        items = raw.get(s) or []
+        if not isinstance(items, list):
+            raise LoreError(f"{split_file}: {s} must be a list of [path, label, classname] entries")
+        samples = []
+        for number, item in enumerate(items):
+            if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)):
+                raise LoreError(f"{split_file}: {s} entries must be [path, label, classname], got {item!r:.120}")
+            label = item[1]
+            # every class is named by at least one entry: a label beyond the entry count is a
+            # corrupt file, and building a class list up to it could exhaust memory
+            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < total:
+                raise LoreError(f"{split_file}: {s} entry {number} has label {label!r:.40}; labels must be "
+                                f"integers 0..{total - 1} (one per class, counted from 0)")
+            names.setdefault(label, str(item[2]))
+            path = inside_root(base, item[0], f"{split_file} ({s} entry {number})")
+            samples.append((str(path.resolve()), label))
+        splits[s] = samples
+    if not names:
+        raise LoreError(f"{split_file}: lists no images")
     classnames = [names.get(i, f"class_{i}") for i in range(max(names) + 1)]
     return Splits(classnames, {k: v for k, v in splits.items() if v})
 
@@ -328,3 +343,24 @@ class ImageDataset(torch.utils.data.Dataset):
                     torch.manual_seed(seed)
                     image = self.transform(image)
         return image, label, index
+
+
+def write_coop_split(path: Path, classnames: list[str], splits: dict[str, list[Sample]]) -> Path:
+    """Write ``splits`` as a CoOp ``split_zhou_*.json`` beside its images: paths relative to the
+    file's folder, as the reader requires (unchanged files are not rewritten)."""
+    from ..io import atomic_write_text
+
+    folder = path.parent.resolve()
+    rows = {}
+    for name, samples in splits.items():
+        rows[name] = []
+        for p, y in samples:
+            resolved = Path(p).resolve()
+            if not resolved.is_relative_to(folder):
+                raise ValueError(f"{p} is not under {folder}, where {path.name} must sit")
+            rows[name].append([resolved.relative_to(folder).as_posix(), int(y), classnames[y]])
+    text = json.dumps(rows, indent=0)
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    return path

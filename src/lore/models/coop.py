@@ -161,6 +161,15 @@ def class_prompts(clip_model: nn.Module, tokenizer, classnames: list[str], n_ctx
     if n_head < n_ctx or not (tokens[:, 1:1 + n_head] == head[1:1 + n_head]).all():
         raise LoreError(f"--method {method}: the text tower's tokenizer does not give {n_ctx} context "
                         f"tokens before the class names within its {tokens.shape[1]}-token window")
+    # a context that fills the window truncates the class names away: every class would get the
+    # same text feature, and the model would train and test without a word of error
+    names = tokenizer([f"{name.replace('_', ' ')}." for name in classnames])
+    longest = int((names != 0).sum(dim=1).max()) - 2
+    if n_head + longest + 2 > tokens.shape[1]:
+        raise LoreError(f"--method {method}: the context ({n_head} tokens{', --ctx-init' if ctx_init else ''})"
+                        f" leaves no room for the class names ({longest} tokens for the longest) in the "
+                        f"text tower's {tokens.shape[1]}-token window; use a shorter --ctx-init or fewer "
+                        "context tokens")
     with torch.no_grad():
         embedded = token_embedding(clip_model)(tokens)
     init = None

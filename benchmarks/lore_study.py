@@ -449,7 +449,9 @@ class Study:
         parts = [p.strip() for p in args.parts.split(",") if p.strip()]
         short = {"elpv": self.task("elpv", args.shots, args.batch_size, args.epochs),
                  "fmnist": self.task("fmnist", args.shots, args.batch_size, args.epochs)}
-        chosen = self.norm_part(short)
+        chosen = self.args.chosen or self.norm_part(short)
+        if chosen not in self.norm_variants:
+            raise SystemExit(f"--chosen {chosen!r}: choose from {', '.join(self.norm_variants)}")
         if "kp" in parts:
             self.kp_part(short, chosen)
         if "regimes" in parts:
@@ -474,9 +476,16 @@ class Study:
         self.save()
         return chosen
 
+    def picked_lr(self, task: Task, name: str) -> list[float]:
+        """The lr a short-schedule cell picked; with --chosen (no norm part run) the only --lrs."""
+        cell = self.results["cells"].get(f"{task.name} | {name}")
+        if cell is None and len(self.args.lrs) != 1:
+            raise SystemExit("--chosen skips the norm part that picks the learning rates: give one --lrs value")
+        return [cell["lr"] if cell else self.args.lrs[0]]
+
     def kp_part(self, short: dict[str, Task], chosen: str) -> None:
         mode = self.norm_variants[chosen]
-        lr = {t: [self.results["cells"][f"{task.name} | {chosen}"]["lr"]] for t, task in short.items()}
+        lr = {t: self.picked_lr(task, chosen) for t, task in short.items()}
         for dataset, task in short.items():
             names = list(self.kp_variants) if dataset == "elpv" or self.args.kp_everywhere else ["lore minilm"]
             for name in names:
@@ -497,12 +506,11 @@ class Study:
         names = ["lore-no-kp train", "lore-no-kp reference"] + [chosen] * (chosen not in (
             "lore-no-kp train", "lore-no-kp reference"))
         for task in tasks:
-            picked = short[task.dataset].name
-            self.cell(task, "vpt-deep", {"method": "vpt-deep"},
-                      [self.results["cells"][f"{picked} | vpt-deep"]["lr"]])
+            picked = short[task.dataset]
+            self.cell(task, "vpt-deep", {"method": "vpt-deep"}, self.picked_lr(picked, "vpt-deep"))
             for name in names:
                 self.cell(task, name, {"method": "lore", "kp": False, **self.norm_variants[name]},
-                          [self.results["cells"][f"{picked} | {name}"]["lr"]])
+                          self.picked_lr(picked, name))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -601,6 +609,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1993)
     p.add_argument("--stats-images", type=int, default=64, help="validation images for the KLA statistics")
     p.add_argument("--kp-everywhere", action="store_true", help="every L_kp variant on Fashion-MNIST too")
+    p.add_argument("--chosen", default=None, help="skip the norm part and use this LORE w/o L_kp variant "
+                   "(as an earlier study chose it) for the kp and regimes parts")
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", default="bf16", choices=["bf16", "none"])
     return p.parse_args(argv)

@@ -256,8 +256,8 @@ CASES = {
         "--backbone resnet18 is not a timm Vision Transformer"),
     # ---- item 2
     "batch size 1 with a BatchNorm White Box": (
-        lambda w: [*TRAIN, "--data", w["colors"], "--method", "lore", "--knowledge", f"file:{_knowledge_rows(w, 4)}",
-                   "--batch-size", 1, "--shots", 1], 2, "--batch-size 1"),
+        lambda w: [*TRAIN, "--data", w["colors"], "--method", "lore", "--wb-norm", "batch",
+                   "--knowledge", f"file:{_knowledge_rows(w, 4)}", "--batch-size", 1, "--shots", 1], 2, "--batch-size 1"),
 }
 
 READ_ONLY = Path("/sys/lore-read-only-check")  # /sys refuses new files, even to root
@@ -533,7 +533,7 @@ def test_last_batch_of_one_is_folded(n, batch, world, sizes):
 def test_lore_trains_when_the_last_batch_holds_one_image(colors, knowledge_file, tmp_path):
     # 4 classes x 1 shot at batch 3: batches of 3 and 1 -> one batch of 4 (BatchNorm crashed before)
     out = tmp_path / "run"
-    assert lore_cli("train", "--method", "lore", *TINY_BACKBONE, "--data", colors, "--out", out, "--shots", 1,
+    assert lore_cli("train", "--method", "lore", "--wb-norm", "batch", *TINY_BACKBONE, "--data", colors, "--out", out, "--shots", 1,
                     "--knowledge", f"file:{_knowledge_rows({'base': tmp_path}, 4)}", "--batch-size", 3,
                     "--epochs", 2) == 0
     assert [json.loads(ln)["epoch"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]

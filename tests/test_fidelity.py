@@ -239,7 +239,7 @@ def _train_and_watch(tmp_path, marks, bn_mode, monkeypatch):
     out = tmp_path / bn_mode
     assert lore_cli("train", "--method", "lore", *TINY_BACKBONE, "--data", marks, "--out", out,
                     "--knowledge", f"file:{knowledge}", "--epochs", "3", "--batch-size", "12",
-                    "--bn-mode", bn_mode) == 0
+                    "--bn-mode", bn_mode, "--wb-norm", "batch") == 0
     return snapshots, dropout_training, yaml.safe_load((out / "config.yaml").read_text())
 
 

@@ -136,11 +136,13 @@ def test_paper_recipe_trains_lore_in_the_reference_bn_mode() -> None:
     paper trains LORE and LORE w/o L_kp so, the baselines as their own papers; a flag still wins."""
     common = ["--recipe", "paper", "--dataset", "dtd", "--shots", "16", "--data", "x", "--out", "y"]
     for extra in ([], ["--no-kp"], ["--curriculum", "easy-to-hard", "--shots", "8"]):
-        assert from_args(_parse(["train", "--method", "lore", *common, *extra])).bn_mode == "reference"
+        cfg = from_args(_parse(["train", "--method", "lore", *common, *extra]))
+        assert (cfg.bn_mode, cfg.wb_norm) == ("reference", "batch")
     for method in ("vpt-deep", "coop"):
         assert from_args(_parse(["train", "--method", method, *common])).bn_mode == "train"
     assert from_args(_parse(["train", *common, "--bn-mode", "train"])).bn_mode == "train"
-    assert from_args(_parse(["train", "--method", "lore", "--data", "x", "--out", "y"])).bn_mode == "train"
+    cfg = from_args(_parse(["train", "--method", "lore", "--data", "x", "--out", "y"]))
+    assert (cfg.bn_mode, cfg.wb_norm) == ("train", "layer")  # lore train's own default (the study's pick)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +258,7 @@ def test_paper_table_runs_marks_missing_datasets_and_resumes(tmp_path: Path, cap
     # the resolved recipe (EuroSAT 16-shot: lr 0.0015, wd 1.0) under the explicit flags (epochs, batch)
     assert (saved["recipe"], saved["dataset"], saved["lr"], saved["wd"], saved["epochs"], saved["batch_size"],
             saved["shots"]) == ("paper", "eurosat", 0.0015, 1.0, 1, 8, 2)
-    assert saved["bn_mode"] == "reference"  # the reference code's eval mode after epoch 1
+    assert (saved["bn_mode"], saved["wb_norm"]) == ("reference", "batch")  # the reference code's White Box
     md = (out / "table.md").read_text()
     assert "`--bn-mode reference`" in md
     assert "| LORE | 16 |" in md and "/ 87.04 (" in md  # LORE's published EuroSAT 16-shot beside ours

@@ -75,7 +75,7 @@ def test_sigkill_then_resume_equals_uninterrupted(colors, tmp_path):
     knowledge = tmp_path / "k.npy"
     import numpy as np
     np.save(knowledge, np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32))
-    common = [*TRAIN, "--method", "lore", "--data", str(colors), "--knowledge", f"file:{knowledge}",
+    common = [*TRAIN, "--method", "lore", "--wb-norm", "batch", "--data", str(colors), "--knowledge", f"file:{knowledge}",
               "--epochs", "6", "--batch-size", "8", "--save-every", "2", "--deterministic"]
     ref = tmp_path / "ref"
     subprocess.run([sys.executable, "-m", "lore", *common, "--out", str(ref)], check=True, env=_env(),
@@ -195,7 +195,7 @@ def test_torchrun_lore_matches_one_process(curriculum, colors, knowledge_file, t
     sees the global batch (SyncBatchNorm on GPUs, CPUSyncBatchNorm on CPU), so two processes take
     the single-process step, also through the easy-to-hard stages (herding, the stage-e model's
     mistakes). Dropout masks are per process, hence --pg-dropout 0 here."""
-    common = [*TRAIN, "--method", "lore", "--knowledge", f"file:{knowledge_file}", "--pg-dropout", "0",
+    common = [*TRAIN, "--method", "lore", "--wb-norm", "batch", "--knowledge", f"file:{knowledge_file}", "--pg-dropout", "0",
               "--data", str(colors), "--epochs", "2", "--batch-size", "12", "--lr", "0.05", "--wd", "0",
               "--aug", "none", "--deterministic", *curriculum]
     single, ddp = _one_and_two_processes(common, tmp_path, port=29535)

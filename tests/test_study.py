@@ -112,7 +112,7 @@ def test_bn_modes_freeze_and_recalibrate_through_lore_train(marks, tmp_path):
                         ("freeze3", ["--bn-mode", "freeze", "--bn-freeze-steps", "3"]),
                         ("recalibrate", ["--bn-mode", "recalibrate"])):
         runs[mode] = tmp_path / mode
-        assert _train(marks, runs[mode], "--no-kp", *extra) == 0
+        assert _train(marks, runs[mode], "--no-kp", "--wb-norm", "batch", *extra) == 0
     train, f1, f3, recal = (_running(runs[m]) for m in ("train", "freeze1", "freeze3", "recalibrate"))
     key = next(iter(train))
     assert not torch.allclose(f1[key], f3[key]) and not torch.allclose(f1[key], train[key])

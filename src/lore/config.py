@@ -97,8 +97,9 @@ class TrainConfig:
     kla_variant: str = opt("code", "KLA form", ["code", "paper"])
     bottleneck: int = opt(32, "prompt-generator bottleneck width r")
     pg_dropout: float = opt(0.1, "dropout on the generated prompts (the reference's 0.1)")
-    wb_norm: str = opt("batch", "normalisation inside LIN and PG: BatchNorm (reference), per-image "
-                       "LayerNorm/GroupNorm, or none", ["batch", "layer", "none"])
+    # "layer" won the few-shot study (README, "When LORE wins"); --recipe paper keeps the reference's BatchNorm
+    wb_norm: str = opt("layer", "normalisation inside LIN and PG: per-image LayerNorm/GroupNorm (default), the "
+                       "reference's BatchNorm ('batch'; --recipe paper), or none", ["batch", "layer", "none"])
     negative: str | None = opt(None, "source of the wrong class p (default: zeroshot when the backbone has a "
                                "CLIP text tower, else model)",
                                ["zeroshot", "model", "probe", "none"])

@@ -240,8 +240,9 @@ def render_markdown(grid: Grid, rows: list[dict], seeds: list[int]) -> str:
     lines = [f"# {table.name}: {table.title}", "",
              f"Each cell: measured (mean over seeds {', '.join(map(str, seeds))}) / published "
              "(difference). Published numbers: LORE paper, ACM MM 2024.", "",
-             "LORE cells (with and without L_kp) train as the reference code does: `--bn-mode "
-             "reference` (the White Box in eval mode from epoch 2 on), part of `--recipe paper`.", "",
+             "LORE cells (with and without L_kp) train as the reference code does: BatchNorm in the "
+             "White Box (`--wb-norm batch`) and `--bn-mode reference` (eval mode from epoch 2 on), "
+             "part of `--recipe paper`.", "",
              "| Row | Shots | " + " | ".join(columns) + " |", "|---|---:|" + "---:|" * len(columns)]
     for r in rows:
         label = r["row"]

@@ -24,8 +24,9 @@ META_KEYS = {"source", "notes"}
 # What the reference code does to every LORE run besides its configuration file: it switches the
 # model to eval mode after epoch 1 and never back (its evaluation loop), so from epoch 2 on the White
 # Box's BatchNorm uses epoch 1's running statistics and dropout is off. The paper's numbers were
-# made so; ``--recipe paper`` trains LORE (with or without L_kp) the same way.
-LORE_REFERENCE_BEHAVIOUR = {"bn_mode": "reference"}
+# made so; ``--recipe paper`` trains LORE (with or without L_kp) the same way, with the reference's
+# BatchNorm in LIN and PG (``lore train``'s default is per-image normalisation).
+LORE_REFERENCE_BEHAVIOUR = {"bn_mode": "reference", "wb_norm": "batch"}
 
 
 def _norm_backbone(name: str) -> str:

@@ -152,14 +152,19 @@ def _random_rows(classnames: list[str], dim: int) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def knowledge_similarity(emb: torch.Tensor) -> float:
-    """Highest cosine between two classes' knowledge rows (1.0: two classes cannot be told apart)."""
+def most_similar_classes(emb: torch.Tensor) -> tuple[float, int, int]:
+    """(cosine, i, j) of the two classes whose knowledge rows are closest (1.0: indistinguishable)."""
     if emb.shape[0] < 2:
-        return 0.0
+        return 0.0, 0, 0
     e = F.normalize(emb.float(), dim=-1)
-    sim = e @ e.T
-    sim.fill_diagonal_(-1.0)
-    return float(sim.max())
+    sim = (e @ e.T).fill_diagonal_(-1.0)
+    i, j = divmod(int(sim.argmax()), sim.shape[1])
+    return float(sim[i, j]), i, j
+
+
+def knowledge_similarity(emb: torch.Tensor) -> float:
+    """Highest cosine between two classes' knowledge rows."""
+    return most_similar_classes(emb)[0]
 
 
 def cached_class_embeddings(cache: Path, spec: str, classnames: list[str], templates: list[str],

@@ -36,7 +36,7 @@ from .errors import LoreError
 from .flops import GFLOPS_COUNT, count_gflops, count_params, parameter_shares, text_tower_params
 from .io import absolute_paths, atomic_write_json, atomic_write_text, check_output_dir
 from .knowledge import (NEGATIVE_TEMPLATE, ZEROSHOT_TEMPLATE, cached_class_embeddings, default_knowledge_spec,
-                        knowledge_similarity, learned_knowledge, learned_width, read_templates)
+                        learned_knowledge, learned_width, most_similar_classes, read_templates)
 from . import bn_modes
 from .probe import cross_fitted_predictions
 from .metrics import accuracy
@@ -320,11 +320,8 @@ def warn_degenerate_knowledge(emb: torch.Tensor, classnames: list[str], spec: st
                               threshold: float = 0.95) -> float:
     """Warn when two classes' knowledge rows are nearly the same: their K-L prototypes then coincide
     and L_kp pulls toward and pushes from the same point (a no-op, or noise)."""
-    top = knowledge_similarity(emb)
+    top, i, j = most_similar_classes(emb)
     if top >= threshold:
-        e = torch.nn.functional.normalize(emb.float(), dim=-1)
-        sim = (e @ e.T).fill_diagonal_(-1.0)
-        i, j = divmod(int(sim.argmax()), sim.shape[1])
         log(f"lore: WARNING: the class knowledge ({spec}) of {classnames[i]!r} and {classnames[j]!r} is "
             f"nearly identical (cosine {top:.3f} >= {threshold}); L_kp can hardly tell these classes "
             "apart. Use richer class descriptions (--template or --knowledge file:), "

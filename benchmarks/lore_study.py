@@ -59,13 +59,13 @@ DESCRIPTIONS = Path(__file__).with_name("lore_study_descriptions.yaml")
 
 # normalisation variants of LORE w/o L_kp: name -> train options
 NORM_VARIANTS = {
-    "lore-no-kp train": {"bn_mode": "train"},
-    "lore-no-kp reference": {"bn_mode": "reference"},
-    "lore-no-kp recalibrate": {"bn_mode": "recalibrate"},
-    "lore-no-kp freeze": {"bn_mode": "freeze"},
-    "lore-no-kp layer": {"wb_norm": "layer"},
+    "lore-no-kp train": {"wb_norm": "batch", "bn_mode": "train"},
+    "lore-no-kp reference": {"wb_norm": "batch", "bn_mode": "reference"},
+    "lore-no-kp recalibrate": {"wb_norm": "batch", "bn_mode": "recalibrate"},
+    "lore-no-kp freeze": {"wb_norm": "batch", "bn_mode": "freeze"},
+    "lore-no-kp layer": {"wb_norm": "layer", "bn_mode": "train"},
 }
-EXTRA_NORM_VARIANTS = {"lore-no-kp none": {"wb_norm": "none"}}  # --norm-variants all
+EXTRA_NORM_VARIANTS = {"lore-no-kp none": {"wb_norm": "none", "bn_mode": "train"}}  # --norm-variants all
 # L_kp variants (added to the chosen mode): name -> train options (knowledge names resolved later)
 KP_VARIANTS = {  # most telling first: an interrupted study has the controls
     "lore minilm": {},

@@ -542,7 +542,7 @@ def test_lore_trains_when_the_last_batch_holds_one_image(colors, knowledge_file,
 def test_sweep_marks_a_failing_cell_and_goes_on(colors, tmp_path, capsys):
     k = _knowledge_rows({"base": tmp_path}, 4)
     code = lore_cli("sweep", "--methods", "lore,linear", "--datasets", f"c={colors}", "--shots", 1, "--seeds", 1,
-                    *TINY_BACKBONE, "--epochs", 1, "--batch-size", 1, "--knowledge", f"file:{k}",
+                    *TINY_BACKBONE, "--epochs", 1, "--batch-size", 1, "--wb-norm", "batch", "--knowledge", f"file:{k}",
                     "--out", tmp_path / "sweep")
     assert code == 2
     table = json.loads((tmp_path / "sweep" / "table.json").read_text())

@@ -241,6 +241,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                   f"test crop fraction {cfg.crop_pct} (--crop-pct)", file=sys.stderr)
     ctx = Context(cfg, info, device, out)
     knowledge = _knowledge(ctx, classnames) if cfg.method in KNOWLEDGE_METHODS else None
+    if cfg.method == "lore" and knowledge is not None:
+        warn_degenerate_knowledge(knowledge, classnames, cfg.knowledge or default_knowledge_spec(cfg.backbone),
+                                  ctx.log)
     model = build_from_config(cfg, len(classnames), knowledge, classnames=classnames).to(device)
     ctx.data_config = run_data_config(cfg, model.black_box)
     recipe = {"backbone": cfg.backbone, "pretrained": cfg.pretrained, "checkpoint": cfg.checkpoint,
@@ -310,10 +313,7 @@ def _knowledge(ctx: Context, classnames: list[str]) -> torch.Tensor | None:
     templates = read_templates(template)
     if cfg.dataset and not cfg.template and cfg.method != "lore":  # its published zero-shot templates
         templates = (prograd_templates if cfg.method == "prograd" else zeroshot_templates)(cfg.dataset)
-    emb = _rank0_cached(ctx, "knowledge.safetensors", spec, classnames, templates)
-    if cfg.method == "lore":
-        warn_degenerate_knowledge(emb, classnames, spec, ctx.log)
-    return emb
+    return _rank0_cached(ctx, "knowledge.safetensors", spec, classnames, templates)
 
 
 def warn_degenerate_knowledge(emb: torch.Tensor, classnames: list[str], spec: str, log,

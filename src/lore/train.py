@@ -235,15 +235,14 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
             _refuse_overwrite(out)
         atomic_write_text(out / "config.yaml", config_mod.to_yaml(cfg))
         if cfg.method == "lore":
-            knows = "none (--no-kp)" if not cfg.kp else (cfg.knowledge or default_knowledge_spec(cfg.backbone))
+            knows = "none (--no-kp)" if not cfg.kp else _knowledge_spec(cfg)
             print(f"lore: class knowledge {knows} (--knowledge); wrong class p from {cfg.negative!r} "
                   f"(--negative); White Box norm {cfg.wb_norm!r} (--wb-norm), --bn-mode {cfg.bn_mode}; "
                   f"test crop fraction {cfg.crop_pct} (--crop-pct)", file=sys.stderr)
     ctx = Context(cfg, info, device, out)
     knowledge = _knowledge(ctx, classnames) if cfg.method in KNOWLEDGE_METHODS else None
     if cfg.method == "lore" and knowledge is not None:
-        warn_degenerate_knowledge(knowledge, classnames, cfg.knowledge or default_knowledge_spec(cfg.backbone),
-                                  ctx.log)
+        warn_degenerate_knowledge(knowledge, classnames, _knowledge_spec(cfg), ctx.log)
     model = build_from_config(cfg, len(classnames), knowledge, classnames=classnames).to(device)
     ctx.data_config = run_data_config(cfg, model.black_box)
     recipe = {"backbone": cfg.backbone, "pretrained": cfg.pretrained, "checkpoint": cfg.checkpoint,
@@ -297,6 +296,10 @@ def load_data(cfg: TrainConfig) -> Splits:
     return load_dataset(cfg.data, cfg.format, cfg.classnames, cfg.image_dir, cfg.holdout)
 
 
+def _knowledge_spec(cfg: TrainConfig) -> str:
+    return cfg.knowledge or default_knowledge_spec(cfg.backbone)
+
+
 def _knowledge(ctx: Context, classnames: list[str]) -> torch.Tensor | None:
     cfg = ctx.cfg
     if cfg.method == "lore" and not cfg.kp:
@@ -306,7 +309,7 @@ def _knowledge(ctx: Context, classnames: list[str]) -> torch.Tensor | None:
             raise LoreError(f"--knowledge {cfg.knowledge}: a learned class embedding exists for LORE only")
         return None
     torch.manual_seed(cfg.seed)  # a random-init text tower (tests) encodes the same on every run
-    spec = cfg.knowledge or default_knowledge_spec(cfg.backbone)
+    spec = _knowledge_spec(cfg)
     template = cfg.template if cfg.method == "lore" or cfg.template else ZEROSHOT_TEMPLATE
     if template is None and cfg.dataset:  # LORE: the reference's knowledge sentence for the dataset
         template = knowledge_template(cfg.dataset)

@@ -249,7 +249,7 @@ def train_run(args, task: Task, options: dict, lr: float, seed: int, run_dir: Pa
 
     cfg = _config(args, task, options, lr, seed, run_dir, task.select)
     stamp = run_dir / "study_options.yaml"
-    if (run_dir / "final.json").is_file() and stamp.is_file() and stamp.read_text() == to_yaml(cfg):
+    if (run_dir / "final.json").is_file() and stamp.is_file() and _same_run(stamp.read_text(), to_yaml(cfg)):
         return json.loads((run_dir / "final.json").read_text())
     if run_dir.exists():  # this study's own unfinished or outdated run
         import shutil
@@ -257,6 +257,32 @@ def train_run(args, task: Task, options: dict, lr: float, seed: int, run_dir: Pa
     run(cfg)
     atomic_write_text(stamp, to_yaml(cfg))
     return json.loads((run_dir / "final.json").read_text())
+
+
+def split_fingerprint(path: str) -> str:
+    """What a split file trains and tests on, in order (the few-shot draw depends on it): the same
+    samples under absolute or relative paths give the same fingerprint, changed samples another."""
+    import hashlib
+
+    root = Path(path).parent
+    rows = json.loads(Path(path).read_text())
+    canon = {k: [[str((root / p).resolve()), int(y)] for p, y, *_ in v] for k, v in sorted(rows.items())}
+    return hashlib.sha256(json.dumps(canon).encode()).hexdigest()
+
+
+def _same_run(stamp_text: str, cfg_text: str) -> bool:
+    """A finished run is reused when its options match and its split holds the same samples."""
+    import yaml
+
+    old, new = yaml.safe_load(stamp_text), yaml.safe_load(cfg_text)
+    for d in (old, new):
+        if not Path(str(d.get("data"))).is_file():
+            return False
+        d["data"] = split_fingerprint(d["data"])
+        if d.get("method") != "lore":  # the White Box options change nothing else (their defaults did)
+            for key in ("wb_norm", "bn_mode", "bn_freeze_steps"):
+                d.pop(key, None)
+    return old == new
 
 
 @torch.no_grad()

@@ -18,6 +18,8 @@ from .values import default_workers
 COMMANDS = {
     "train": ("lore.cli", "train a method on a classification dataset"),
     "eval": ("lore.cli", "re-evaluate a saved run"),
+    "predict": ("lore.predict", "classify unlabelled images with a trained run (CSV or JSON lines)"),
+    "export": ("lore.export", "a trained run as an ONNX file, checked against PyTorch with onnxruntime"),
     "retrieval": ("lore.tasks.retrieval", "image retrieval on revisited Oxford/Paris"),
     "correspond": ("lore.tasks.correspondence", "SPair-71k keypoint correspondence"),
     "vos": ("lore.tasks.vos", "DAVIS-2017 video object segmentation by label propagation"),

@@ -77,6 +77,10 @@ class TrainConfig:
     amp: str = opt("auto", "mixed precision: auto = bf16/fp16 on CUDA, none on CPU (where --amp bf16 "
                    "is used if asked)", ["auto", "bf16", "fp16", "none"])
     compile: bool = opt(False, "torch.compile the training step")
+    log: str = opt("jsonl", "training curves: metrics.jsonl always; tensorboard also writes event files "
+                   "under RUN/tb/ (needs pip install 'lore[tb]')", ["jsonl", "tensorboard"])
+    log_images: bool = opt(False, "with --log tensorboard: the attention grid of a few validation (else "
+                           "test) images at the end")
     deterministic: bool = opt(False, "deterministic algorithms (bit-identical reruns and resumes)")
     save_every: int = opt(0, "also checkpoint every N steps (0: only at epoch ends)")
     keep_last: int = opt(2, "training checkpoints to keep")

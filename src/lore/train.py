@@ -39,6 +39,7 @@ from .knowledge import (NEGATIVE_TEMPLATE, ZEROSHOT_TEMPLATE, cached_class_embed
                         learned_knowledge, learned_width, most_similar_classes, read_templates)
 from . import bn_modes
 from .probe import cross_fitted_predictions
+from . import tensorboard_log
 from .metrics import accuracy
 from .models import build_model
 from .models.coop import check_text_side, text_side_options, weightless
@@ -76,6 +77,8 @@ def run(cfg: TrainConfig) -> dict:
         cfg = _resume_config(cfg)
     cfg = absolute_paths(cfg)
     config_mod.validate(cfg)
+    if cfg.log == "tensorboard":
+        tensorboard_log.require()
     cfg = resolve_backbone_defaults(cfg)
     if cfg.method in TEXT_SIDE_METHODS:
         check_text_side(cfg)
@@ -106,7 +109,7 @@ def _resume_config(cfg: TrainConfig) -> TrainConfig:
     values = config_mod.load_yaml(str(saved))
     refuse_recipe_changes(cfg, values, run_dir)
     # execution settings may change on resume; the recipe may not
-    for key in ("device", "workers", "save_every", "keep_last"):
+    for key in ("device", "workers", "save_every", "keep_last", "log", "log_images"):
         values[key] = getattr(cfg, key)
     values.update(resume=str(run_dir), out=str(run_dir))
     return config_mod.make(values, source=str(saved))
@@ -278,6 +281,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     if info.main:
         save_model(out, model, recipe)
         atomic_write_json(out / "final.json", final)
+        if cfg.log == "tensorboard":
+            tensorboard_log.log_final(out, final, cfg.epochs, model, (val or test) if cfg.log_images else None,
+                                      cfg.img_size, ctx.data_config, classnames)
         ctx.log(f"test top-1 {final['test_acc1']:.4f}  top-5 {final['test_acc5']:.4f}  -> {out}")
     barrier(info)
     return final
@@ -352,7 +358,7 @@ def _cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * step / max(total, 1)))
 
 
-def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     # on a CPU only an explicit --amp bf16 (fast where the CPU has AMX / AVX512-BF16 units)
     if cfg.amp == "none" or (device.type != "cuda" and cfg.amp != "bf16"):
         return None
@@ -404,8 +410,11 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
     if resumed is not None:
         counters = load_train_state(resumed, model, optimizer)
         ctx.log(f"resumed from {resumed} (epoch {counters['epoch']}, step {counters['step']})")
+    tb = None
     if info.main:
         _truncate_metrics(ctx.out / "metrics.jsonl", stage, counters["epoch"])
+        if cfg.log == "tensorboard":
+            tb = tensorboard_log.Writer(ctx.out, stage, resumed_epoch=counters["epoch"])
     step_fn: nn.Module = _Step(model)
     if info.enabled:
         # the White Box BatchNorm sees the global batch, as in one process
@@ -414,7 +423,7 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
             step_fn, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         step_fn = torch.compile(step_fn)
-    amp = _amp_dtype(cfg, device)
+    amp = amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     for epoch in range(counters["epoch"], epochs):
         # the reference evaluates with model.eval() after epoch 1 and never switches back (and its
@@ -487,8 +496,12 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
         if info.main:
             with open(ctx.out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(line) + "\n")
+            if tb is not None:
+                tb.epoch(line)
         _save_state(ctx, model, optimizer, counters)
         ctx.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items()))
+    if tb is not None:
+        tb.close()
     if cfg.bn_mode == "recalibrate":  # the saved model then tests as it will be tested
         _recalibrate(ctx, model, samples)
     model.eval()
@@ -593,7 +606,7 @@ def _eval_loader(ctx: Context, samples: list, batch_size: int | None = None):
 def evaluate(ctx: Context, model: nn.Module, samples: list) -> dict:
     """Top-1 / top-5 accuracy over ``samples`` (sharded across processes, reduced)."""
     model.eval()
-    amp = _amp_dtype(ctx.cfg, ctx.device)
+    amp = amp_dtype(ctx.cfg, ctx.device)
     sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)
     start = time.time()
     for images, targets, _ in tqdm(_eval_loader(ctx, samples), desc="eval", leave=False,

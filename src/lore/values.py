@@ -115,7 +115,8 @@ def check_patch_multiple(size: tuple[int, int], patch: int) -> None:
 
 
 # options a resumed run may change: where and how it runs, not what it computes
-RESUME_MAY_CHANGE = frozenset({"device", "workers", "save_every", "keep_last", "resume", "out"})
+RESUME_MAY_CHANGE = frozenset({"device", "workers", "save_every", "keep_last", "log", "log_images",
+                               "resume", "out"})
 
 
 def refuse_recipe_changes(cfg: Any, saved: dict, run_dir: Any) -> None:
@@ -134,5 +135,5 @@ def refuse_recipe_changes(cfg: Any, saved: dict, run_dir: Any) -> None:
         if getattr(cfg, f.name) != default and value != saved[f.name]:
             flag = "--" + f.name.replace("_", "-")
             raise LoreError(f"--resume {run_dir}: {flag} {value!r} differs from the run's {saved[f.name]!r}; "
-                            "a resumed run keeps its recipe (only --device, --workers, --save-every and "
-                            "--keep-last may change); start a new run with --out to change it")
+                            "a resumed run keeps its recipe (only --device, --workers, --save-every, "
+                            "--keep-last, --log and --log-images may change); start a new run with --out to change it")

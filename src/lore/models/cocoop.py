@@ -51,6 +51,8 @@ class CoCoOp(CoOp):
         prompts = torch.cat([prefix, ctx.unsqueeze(1).expand(-1, C, -1, -1), suffix], dim=2)
         prompts = prompts.reshape(B * C, *prompts.shape[2:])
         tokens = self.tokens.repeat(B, 1)
+        if torch.compiler.is_exporting():  # one pass: the chunking would fix the exported batch size
+            return self.text_tower(prompts, tokens).reshape(B, C, -1)
         feats = torch.cat([self.text_tower(prompts[i:i + self.text_batch], tokens[i:i + self.text_batch])
                            for i in range(0, B * C, self.text_batch)])
         return feats.reshape(B, C, -1)

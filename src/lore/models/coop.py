@@ -105,7 +105,8 @@ class TextTower(nn.Module):
         """Drop the padding after the last EOS: under the causal mask no earlier position sees it,
         so the pooled EOS feature is unchanged and short prompts cost a fraction of 77 tokens."""
         mask = self.attn_mask
-        if mask is None or self.pool_type not in ("argmax", "eos"):
+        # a traced graph cannot depend on the EOS positions; untrimmed gives the same features
+        if mask is None or self.pool_type not in ("argmax", "eos") or torch.compiler.is_exporting():
             return x, tokens, mask
         eos = tokens.argmax(dim=-1) if self.pool_type == "argmax" else (tokens == self.eos_id).int().argmax(dim=-1)
         keep = int(eos.max()) + 1
@@ -193,6 +194,8 @@ class ClassTextHead:
         return (self.ctx,)
 
     def _class_features(self) -> torch.Tensor:
+        if torch.compiler.is_exporting() and self._cache is not None:
+            return self._cache[1]  # baked into the exported graph as a constant (no text tower)
         if self.training or torch.is_grad_enabled():
             return self.text_features()
         key = tuple((p._version, p.data_ptr(), p.device) for p in self.text_parameters())

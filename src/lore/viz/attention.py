@@ -177,10 +177,17 @@ def upsample(maps: np.ndarray, size: int) -> np.ndarray:
 
 def render(pixels: np.ndarray, panels: list[list[tuple[str, int, np.ndarray | None]]], out: Path,
            alpha: float = 0.55) -> None:
-    """Draw rows of panels (title, image index, upsampled map or None for the bare input)."""
-    from matplotlib.figure import Figure
-
+    """Draw rows of panels into ``out`` (its suffix picks the format)."""
     from ..io import atomic_save
+
+    fig = figure(pixels, panels, alpha)
+    fmt = out.suffix.lstrip(".").lower() or "png"
+    atomic_save(out, lambda tmp: fig.savefig(tmp, format=fmt, dpi=110))
+
+
+def figure(pixels: np.ndarray, panels: list[list[tuple[str, int, np.ndarray | None]]], alpha: float = 0.55):
+    """Rows of panels (title, image index, upsampled map or None for the bare input) as a Figure."""
+    from matplotlib.figure import Figure
 
     rows, cols = len(panels), max(len(r) for r in panels)
     # fixed spacing in inches (2 in panels, room for two title lines); much faster than the
@@ -201,8 +208,7 @@ def render(pixels: np.ndarray, panels: list[list[tuple[str, int, np.ndarray | No
                 # each panel gets its own colour range: the maps differ in scale, we compare shape
                 ax.imshow(heat, cmap="jet", alpha=alpha, interpolation="nearest")
             ax.set_title(title, fontsize=7)
-    fmt = out.suffix.lstrip(".").lower() or "png"
-    atomic_save(out, lambda tmp: fig.savefig(tmp, format=fmt, dpi=110))
+    return fig
 
 
 def build_panels(names: list[str], maps: dict[str, np.ndarray], size: int, method: str,

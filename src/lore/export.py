@@ -1,0 +1,148 @@
+"""``lore export``: a trained run as one ONNX file, checked against PyTorch before it is published.
+
+Only the inference path goes into the graph: for LORE the patch embedding, LIN, the Prompt
+Generator, the prompted ViT and the head (KLA, the class knowledge and L_kp are training-only);
+for the CLIP prompt learners whose class prompts do not depend on the image (CoOp, ProGrad,
+MaPLe) the class text features are computed once and stored as a constant, so no text tower
+ships; CoCoOp conditions its prompts on each image and keeps its text tower. The batch dimension
+is dynamic. ``model.json`` beside the file says how to preprocess and name the outputs.
+
+Before anything is written under ``--out`` the exported file is run with onnxruntime on fixed
+inputs at two batch sizes; the export is refused when its logits differ from PyTorch's by more
+than ``--tolerance`` (relative to the largest logit, at least 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import LoreError
+
+TOLERANCE = 1e-4  # float32 ONNX vs float32 PyTorch: reassociated sums differ in the last bits
+OPSET = 18
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="run directory written by `lore train`")
+    parser.add_argument("--out", required=True, help="the .onnx file to write (model.json goes beside it, "
+                        "named after it)")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE,
+                        help=f"largest accepted |logit difference| / max(1, max |logit|) between "
+                             f"onnxruntime and PyTorch (default: {TOLERANCE:g})")
+    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default: {OPSET})")
+    parser.add_argument("--checkpoint", help="backbone weights, if they moved since training")
+
+
+def require() -> None:
+    missing = []
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise LoreError(f"lore export needs {', '.join(missing)}: pip install 'lore[export]'")
+
+
+def fixed_inputs(batch: int, img_size: int, seed: int = 0) -> torch.Tensor:
+    """Normalised-image-like inputs, the same on every machine."""
+    return torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(seed))
+
+
+def export_onnx(model: torch.nn.Module, path: Path, img_size: int, opset: int = OPSET) -> None:
+    """The eval-mode forward pass images (N, 3, S, S) -> logits (N, C), batch size dynamic."""
+    model.eval()
+    with torch.no_grad():
+        # one single file up to protobuf's 2 GB; larger models keep their weights beside it
+        big = sum(t.numel() * t.element_size() for t in model.state_dict().values()) > 1.8e9
+        program = torch.onnx.export(model, (fixed_inputs(2, img_size),), dynamo=True, opset_version=opset,
+                                    input_names=["images"], output_names=["logits"],
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+        program.save(str(path), external_data=big)
+
+
+def compare(model: torch.nn.Module, path: Path, img_size: int) -> float:
+    """Largest |onnxruntime - PyTorch| logit difference over two batch sizes, relative to
+    max(1, max |logit|)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for batch, seed in ((2, 1), (3, 2)):
+        x = fixed_inputs(batch, img_size, seed)
+        with torch.no_grad():
+            ref = model(x).float().numpy()
+        got = session.run(["logits"], {"images": x.numpy()})[0]
+        if got.shape != ref.shape:
+            raise LoreError(f"the exported model returned logits of shape {got.shape}, PyTorch {ref.shape}")
+        scale = max(1.0, float(np.abs(ref).max()))
+        worst = max(worst, float(np.abs(got - ref).max()) / scale)
+    return worst
+
+
+def preprocessing(img_size: int, data_config: dict) -> dict:
+    """What `lore eval` does to an image before the model, as plain numbers."""
+    crop_pct = data_config.get("crop_pct", 0.875) or 1.0
+    return {"color": "RGB", "layout": "NCHW", "dtype": "float32",
+            "resize_shorter_side": math.floor(img_size / crop_pct),
+            "interpolation": data_config.get("interpolation", "bicubic"), "center_crop": img_size,
+            "scale": 1 / 255, "mean": list(data_config["mean"]), "std": list(data_config["std"])}
+
+
+def main(args: argparse.Namespace) -> dict:
+    from . import __version__
+    from . import config as config_mod
+    from .checkpoint import load_run
+    from .io import atomic_write_json, check_output_file
+    from .train import run_data_config
+
+    require()
+    out = check_output_file(args.out, suffixes=(".onnx",), side_files=(".json",))
+    if not (args.tolerance > 0 and math.isfinite(args.tolerance)):
+        raise LoreError(f"--tolerance must be a positive number, got {args.tolerance}")
+    run_dir = Path(args.run)
+    model, meta = load_run(run_dir, "cpu", backbone_checkpoint=args.checkpoint)
+    model = model.float().eval()
+    saved = config_mod.load_yaml(str(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() else {}
+    cfg = config_mod.make({**saved, "resume": None}, source=str(run_dir / "config.yaml"))
+    img_size = int(cfg.img_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # write and check in a private folder beside --out; publish only a verified file
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent.resolve()))
+    try:
+        staged = tmp / out.name
+        try:
+            export_onnx(model, staged, img_size, args.opset)
+        except Exception as e:  # the exporter's own errors are long; keep the first line
+            raise LoreError(f"--run {run_dir}: torch.onnx could not export the {meta['method']} model "
+                            f"({type(e).__name__}: {str(e).strip().splitlines()[0][:300]})") from None
+        diff = compare(model, staged, img_size)
+        if not diff <= args.tolerance:
+            raise LoreError(f"--run {run_dir}: the exported model's logits differ from PyTorch's by "
+                            f"{diff:.3g} (relative), more than --tolerance {args.tolerance:g}; nothing was "
+                            "written")
+        for f in sorted(tmp.iterdir()):  # the .onnx file and, for >2 GB models, its weights
+            os.replace(f, out.parent / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    info = {"format": "onnx", "opset": args.opset, "file": out.name, "lore_version": __version__,
+            "run": str(run_dir.resolve()), "method": meta["method"], "backbone": meta["backbone"],
+            "classnames": list(meta.get("classnames") or []), "num_classes": meta["num_classes"],
+            "input": {"name": "images", "shape": ["batch", 3, img_size, img_size]},
+            "output": {"name": "logits", "shape": ["batch", meta["num_classes"]],
+                       "probabilities": "softmax over the last axis"},
+            "preprocessing": preprocessing(img_size, run_data_config(cfg, model.black_box)),
+            "checked": {"runtime": "onnxruntime CPUExecutionProvider", "batch_sizes": [2, 3],
+                        "max_relative_logit_difference": diff, "tolerance": args.tolerance}}
+    atomic_write_json(out.with_suffix(".json"), info)
+    print(f"{meta['method']} run {run_dir} -> {out} (+ {out.with_suffix('.json').name}); onnxruntime "
+          f"matches PyTorch to {diff:.2g} (tolerance {args.tolerance:g})")
+    return info

@@ -782,16 +782,19 @@ def test_sweep_goes_on_after_a_cell_crashes_with_any_error(colors, tmp_path, mon
     assert "Expected more than 1 value" in table["failed"][0]["error"]
 
 
-def test_a_class_without_training_images_is_warned_about(colors, tmp_path, capsys):
+def test_a_class_without_training_images_is_an_error_unless_allowed(colors, tmp_path, capsys):
     root = tmp_path / "csvdata"
     root.mkdir()
     train = [p for c in ("red", "green") for p in sorted((colors / "train" / c).iterdir())]
     test = [p for c in ("red", "green", "blue") for p in sorted((colors / "test" / c).iterdir())]
     (root / "train.csv").write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in train))
     (root / "test.csv").write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in test))
-    assert lore_cli(*TRAIN, "--data", root, "--format", "csv", "--out", tmp_path / "run") == 0
+    assert lore_cli(*TRAIN, "--data", root, "--format", "csv", "--out", tmp_path / "run") == 2
     err = capsys.readouterr().err
-    assert "lore: warning:" in err and "1 class(es) have no training image, e.g. 'blue'" in err
+    assert "class 'blue' (label 0) has no image in the train split" in err and "--allow-missing-classes" in err
+    assert lore_cli(*TRAIN, "--data", root, "--format", "csv", "--out", tmp_path / "run",
+                    "--allow-missing-classes") == 0
+    assert "warning:" in capsys.readouterr().err
 
 
 def test_training_to_a_log_file_prints_plain_progress_lines(colors, tmp_path, monkeypatch, capsys):

@@ -91,7 +91,7 @@ def _eval_main(args: argparse.Namespace) -> dict:
     data_path = args.data or meta.get("data") or cfg.data
     if cfg.dataset and not args.format:  # a run on a paper dataset reads it as distributed
         from .data.catalog import load_paper_dataset
-        data = load_paper_dataset(cfg.dataset, data_path)
+        data = load_paper_dataset(cfg.dataset, data_path, cfg.split_file)
     else:
         data = load_dataset(data_path, args.format or cfg.format, args.classnames or cfg.classnames,
                             cfg.image_dir, cfg.holdout)

@@ -40,6 +40,10 @@ class TrainConfig:
     classnames: str | None = opt(None, "file with one class name per line (or JSON list)")
     image_dir: str | None = opt(None, "directory the dataset's relative image paths start from")
     holdout: float = opt(0.2, "test fraction for an ImageFolder without train/test folders")
+    split_file: str | None = opt(None, "--dataset flowers|cars|eurosat: CoOp's split_zhou_*.json kept "
+                                 "elsewhere; resisc45: TorchGeo's resisc45-train.txt (-val, -test beside it)")
+    allow_missing_classes: bool = opt(False, "train even when a class of the dataset's class list has "
+                                      "no training or test image (a warning instead of an error)")
     shots: int | None = opt(None, "few-shot: K training images per class")
     out: str | None = opt(None, "run directory")
     # recipe

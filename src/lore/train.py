@@ -29,7 +29,7 @@ from .curriculum import select_easy, select_hard
 from .data import (EpochBatchSampler, ImageDataset, ShardedSampler, eval_transform, few_shot_indices,
                    load_dataset, train_transform)
 from .data.catalog import knowledge_template, load_paper_dataset, prograd_templates, zeroshot_templates
-from .data.datasets import Splits, check_headers
+from .data.datasets import Splits, check_class_coverage, check_headers
 from .data.sampling import check_batch_for_norm
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, convert_sync_batchnorm, init_distributed
 from .errors import LoreError
@@ -236,7 +236,11 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         if not cfg.resume:
             _refuse_overwrite(out)
-        atomic_write_text(out / "config.yaml", config_mod.to_yaml(cfg))
+        note = f"# {data.split}\n" if data.split else ""
+        if data.note:  # the split is not the paper's: said once, here and in config.yaml
+            print(f"lore: note: {data.note}", file=sys.stderr)
+            note += f"# note: {data.note}\n"
+        atomic_write_text(out / "config.yaml", note + config_mod.to_yaml(cfg))
         if cfg.method == "lore":
             knows = "none (--no-kp)" if not cfg.kp else _knowledge_spec(cfg)
             print(f"lore: class knowledge {knows} (--knowledge); wrong class p from {cfg.negative!r} "
@@ -298,8 +302,13 @@ def _refuse_overwrite(out: Path) -> None:
 def load_data(cfg: TrainConfig) -> Splits:
     """The run's dataset: a paper dataset as distributed (--dataset), else --data in --format."""
     if cfg.dataset:
-        return load_paper_dataset(cfg.dataset, cfg.data)
-    return load_dataset(cfg.data, cfg.format, cfg.classnames, cfg.image_dir, cfg.holdout)
+        data = load_paper_dataset(cfg.dataset, cfg.data, cfg.split_file)
+    elif cfg.split_file:
+        raise LoreError("--split-file goes with --dataset NAME (a paper dataset read as distributed)")
+    else:
+        data = load_dataset(cfg.data, cfg.format, cfg.classnames, cfg.image_dir, cfg.holdout)
+    check_class_coverage(data, cfg.allow_missing_classes, warn=lambda m: print(m, file=sys.stderr))
+    return data
 
 
 def _knowledge_spec(cfg: TrainConfig) -> str:

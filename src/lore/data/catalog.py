@@ -31,13 +31,39 @@ READERS = {
     "dtd": "dtd:load_dtd",
     "aircraft": "aircraft:load_aircraft",
     "dogs": "dogs:load_dogs",
-    "flowers": "coop_splits:load_flowers",
-    "cars": "coop_splits:load_cars",
-    "eurosat": "coop_splits:load_eurosat",
+    "flowers": "flowers:load_flowers",
+    "cars": "cars:load_cars",
+    "eurosat": "eurosat:load_eurosat",
     "ucf101": "coop_splits:load_ucf101",
     "resisc45": "remote_sensing:load_resisc45",
     "patternnet": "remote_sensing:load_patternnet",
 }
+
+
+# the readers that take --split-file: CoOp's split_zhou_*.json kept elsewhere; TorchGeo's RESISC45 lists
+SPLIT_FILE_READERS = ("flowers", "cars", "eurosat", "resisc45")
+
+# folder names a dataset is found under in a data root, besides its lore name: CoOp's DATA/ folder
+# names (DATASETS.md) and the folders the official archives extract to
+FOLDER_NAMES = {
+    "cifar10": ("cifar-10-batches-py",),
+    "cifar100": ("cifar-100-python",),
+    "imagenet": (),
+    "dtd": (),
+    "aircraft": ("fgvc_aircraft", "fgvc-aircraft-2013b"),
+    "dogs": ("stanford_dogs",),
+    "flowers": ("oxford_flowers",),
+    "cars": ("stanford_cars",),
+    "eurosat": (),
+    "ucf101": (),
+    "resisc45": ("NWPU-RESISC45",),
+    "patternnet": ("PatternNet",),
+}
+
+
+def folder_names(name: str) -> tuple[str, ...]:
+    """Every folder name ``name`` is looked for under a data root, its lore name first."""
+    return (check_name(name), *FOLDER_NAMES[name])
 
 
 def check_name(name: str) -> str:
@@ -104,25 +130,39 @@ def prograd_templates(name: str) -> list[str]:
 
 
 def dataset_dir(name: str, data_root: str | Path) -> Path:
-    """The folder a dataset is expected in under a common ROOT: ``ROOT/<name>``."""
-    return Path(data_root).expanduser() / check_name(name)
+    """The folder a dataset is in under a common ROOT: ``ROOT/<name>`` or ``ROOT/<CoOp's or the
+    archive's folder name>`` (see :func:`folder_names`); two of them present is an error."""
+    root = Path(data_root).expanduser()
+    found = [root / n for n in folder_names(name) if (root / n).is_dir()]
+    if len(found) > 1:
+        raise LoreError(f"{name}: both {found[0]} and {found[1]} are in the data root; keep one, or "
+                        f"pass the folder itself with --dataset {name} --data DIR")
+    return found[0] if found else root / name
 
 
 def missing(name: str, data_root: str | Path) -> str | None:
-    """None if the dataset's folder exists under ROOT, else ``"<path> not found"``."""
+    """None if the dataset's folder exists under ROOT, else ``"<paths> not found"``."""
     path = dataset_dir(name, data_root)
-    return None if path.is_dir() else f"{path} not found"
+    if path.is_dir():
+        return None
+    root = Path(data_root).expanduser()
+    return f"{' or '.join(str(root / n) for n in folder_names(name))} not found"
 
 
-def load_paper_dataset(name: str, root: str | Path) -> Splits:
-    """Read dataset ``name`` from its folder ``root`` as distributed (no conversion)."""
+def load_paper_dataset(name: str, root: str | Path, split_file: str | None = None) -> Splits:
+    """Read dataset ``name`` from its folder ``root`` as distributed (no conversion); ``split_file``
+    for the datasets in :data:`SPLIT_FILE_READERS`."""
     check_name(name)
     path = Path(root).expanduser()
     if not path.is_dir():
         raise LoreError(f"{name}: dataset folder {path} not found")
+    if dataset_dir(name, path).is_dir():  # given the folder above the dataset's (a data root)
+        path = dataset_dir(name, path)
     module, function = READERS[name].split(":")
     reader = getattr(importlib.import_module(f"{__package__}.{module}"), function)
-    data: Splits = reader(path)
+    if split_file and name not in SPLIT_FILE_READERS:
+        raise LoreError(f"--split-file: {name} has one split; only {', '.join(SPLIT_FILE_READERS)} take a split file")
+    data: Splits = reader(path, split_file=split_file) if split_file else reader(path)
     data.root = str(path)
     n = len(data.classnames)
     for split, samples in data.splits.items():

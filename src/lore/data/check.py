@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"one of {', '.join(catalog.PAPER_DATASETS)}")
     check.add_argument("--root", required=True,
                        help="the dataset's folder, as given to `lore train --dataset NAME --data DIR`")
+    check.add_argument("--split-file", default=None,
+                       help="as `lore train --split-file` (flowers, cars, eurosat: CoOp's JSON; resisc45: "
+                            "TorchGeo's resisc45-train.txt)")
     sub.add_parser("list", help="the 12 datasets: expected sizes, split and on-disk layout")
 
 
@@ -44,12 +47,18 @@ def table(found: dict[str, int], expected: dict[str, int], paper: dict[str, int]
     return "\n".join(lines)
 
 
-def check(name: str, root: str | Path) -> dict:
+def check(name: str, root: str | Path, split_file: str | None = None) -> dict:
     folder = Path(root).expanduser()
-    data = catalog.load_paper_dataset(name, folder)
+    if folder.is_file():
+        raise LoreError(f"--root {folder} is a file; give the folder {name} was extracted to")
+    data = catalog.load_paper_dataset(name, folder, split_file)
     info = catalog.info(name)
-    found, expected = found_sizes(data), catalog.expected_sizes(name)
-    print(f"{info['title']} in {folder}  [{info['split']}]")
+    found = found_sizes(data)
+    expected = {**info.get(data.sizes, info["expected"]), "classes": info["classes"]}
+    print(f"{info['title']} in {data.root}")
+    print(f"split: {data.split or info['split']}")
+    if data.note:
+        print(f"note: {data.note}")
     print(table(found, expected, {**info["paper_table6"], "classes": info["classes"]}))
     wrong = [r for r in ROWS if r in expected and found.get(r, 0) != expected[r]]
     if wrong:
@@ -58,7 +67,7 @@ def check(name: str, root: str | Path) -> dict:
                         f"{'classes' if r == 'classes' else 'images'}, expected {expected[r]}"
                         + (f" (and {len(wrong) - 1} more row(s) differ)" if len(wrong) > 1 else ""))
     print("ok: every split matches")
-    return {"name": name, "folder": str(folder), "found": found, "expected": expected}
+    return {"name": name, "folder": data.root, "split": data.split, "found": found, "expected": expected}
 
 
 def list_datasets() -> dict:
@@ -68,10 +77,13 @@ def list_datasets() -> dict:
         e = info["expected"]
         print(f"{name:11} {info['group']:12} {info['classes']:>7} {e['train']:>8} {e.get('val', '-'):>6} "
               f"{e['test']:>6}  {info['layout']}")
+    print("\nUnder --data-root ROOT each dataset is looked for as:")
+    for name in catalog.PAPER_DATASETS:
+        print(f"  {name:11} " + ", ".join(f"ROOT/{n}" for n in catalog.folder_names(name)))
     return {"datasets": list(catalog.PAPER_DATASETS)}
 
 
 def main(args: argparse.Namespace) -> dict:
     if args.action == "list":
         return list_datasets()
-    return check(args.name, args.root)
+    return check(args.name, args.root, args.split_file)

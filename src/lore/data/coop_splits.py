@@ -1,5 +1,10 @@
-"""Oxford Flowers, Stanford Cars, EuroSAT and UCF101 with CoOp's ``split_zhou_*.json`` (Zhou et al.):
-read by the coop-split reader of :mod:`lore.data.datasets`; train and val form the pool."""
+"""CoOp's split files (``split_zhou_*.json``, Zhou et al., IJCV 2022): the splits the paper uses for
+Oxford Flowers, Stanford Cars, EuroSAT and UCF101. Train and val form the few-shot pool.
+
+The file is looked for in the dataset's folder and in the folder above it (where a downloaded
+split file often lands); its image paths start at the dataset's image folder. Flowers, Cars and
+EuroSAT also read without it (:mod:`.flowers`, :mod:`.cars`, :mod:`.eurosat`), with a note that the
+split is then not the paper's."""
 
 from __future__ import annotations
 
@@ -8,24 +13,33 @@ from pathlib import Path
 from ..errors import LoreError
 from . import catalog
 from .datasets import Splits, load_dataset
-from .layout import locate
 
-# dataset -> (split file, folder its image paths start from)
-LAYOUT = {
-    "flowers": ("split_zhou_OxfordFlowers.json", "jpg"),
-    "cars": ("split_zhou_StanfordCars.json", ""),
-    "eurosat": ("split_zhou_EuroSAT.json", "2750"),
-    "ucf101": ("split_zhou_UCF101.json", "UCF-101-midframes"),
+SPLIT_FILES = {
+    "flowers": "split_zhou_OxfordFlowers.json",
+    "cars": "split_zhou_StanfordCars.json",
+    "eurosat": "split_zhou_EuroSAT.json",
+    "ucf101": "split_zhou_UCF101.json",
 }
+WHERE = "CoOp's DATASETS.md (github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md) links each split_zhou_*.json"
 
 
-def load_coop(name: str, root: Path) -> Splits:
-    split_name, image_dir = LAYOUT[name]
-    split_file = locate(name, root, split_name)
-    if image_dir and not (root / image_dir).is_dir():
-        raise LoreError(f"{name}: expected the image folder {image_dir}/ in {root} (the paths in "
-                        f"{split_name} start there)")
-    data = load_dataset(str(split_file), "coop-split", image_dir=image_dir or None)
+def find_split_file(name: str, root: Path, explicit: str | None = None) -> Path | None:
+    """``--split-file`` if given, else CoOp's file in ``root`` or beside it, else None."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise LoreError(f"--split-file {explicit}: not found")
+        return path
+    for folder in (root, root.parent):
+        path = folder / SPLIT_FILES[name]
+        if path.is_file():
+            return path
+    return None
+
+
+def load_with_split_file(name: str, split_file: Path, images: Path) -> Splits:
+    """CoOp's split of ``name``: paths in ``split_file`` relative to the image folder ``images``."""
+    data = load_dataset(str(split_file), "coop-split", image_dir=str(images.resolve()))
     shipped = catalog.classnames(name)
     if len(data.classnames) > len(shipped):
         raise LoreError(f"{name}: {split_file} has labels up to {len(data.classnames) - 1}; "
@@ -35,20 +49,22 @@ def load_coop(name: str, root: Path) -> Splits:
     names = [data.classnames[i].replace("_", " ") if i in present else n for i, n in enumerate(shipped)]
     val = data.splits.get("val", [])
     splits = {"train": data.splits.get("train", []) + val, "val": val, "test": data.splits.get("test", [])}
-    return Splits(names, {k: v for k, v in splits.items() if v})
+    return Splits(names, {k: v for k, v in splits.items() if v},
+                  split=f"CoOp's {split_file.name} (the paper's split): {split_file}")
 
 
-def load_flowers(root: Path) -> Splits:
-    return load_coop("flowers", root)
-
-
-def load_cars(root: Path) -> Splits:
-    return load_coop("cars", root)
-
-
-def load_eurosat(root: Path) -> Splits:
-    return load_coop("eurosat", root)
+def not_the_paper_split(name: str, root: Path, used: str) -> str:
+    return (f"{name}: using {used}, not the paper's split: CoOp's {SPLIT_FILES[name]} was not found in "
+            f"{root} or beside it (put it there or pass --split-file; {WHERE})")
 
 
 def load_ucf101(root: Path) -> Splits:
-    return load_coop("ucf101", root)
+    """UCF101's middle frames exist only as CoOp's release, so its split file is required."""
+    split_file = find_split_file("ucf101", root)
+    images = root / "UCF-101-midframes"
+    if split_file is None:
+        raise LoreError(f"ucf101: expected CoOp's {SPLIT_FILES['ucf101']} in {root} or beside it ({WHERE})")
+    if not images.is_dir():
+        raise LoreError(f"ucf101: expected the image folder UCF-101-midframes/ in {root} (the paths in "
+                        f"{split_file.name} start there)")
+    return load_with_split_file("ucf101", split_file, images)

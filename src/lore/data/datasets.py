@@ -33,6 +33,9 @@ class Splits:
     classnames: list[str]
     splits: dict[str, list[Sample]] = field(default_factory=dict)
     root: str = ""
+    split: str = ""  # which split definition was read (paper datasets: shown by `lore data check`)
+    note: str = ""   # said once when that split is not the paper's, with the file that would make it so
+    sizes: str = "expected"  # the catalog entry holding that split's sizes (`lore data check`)
 
     def get(self, split: str) -> list[Sample]:
         if split not in self.splits or not self.splits[split]:
@@ -73,11 +76,7 @@ def load_dataset(root: str, fmt: str = "imagefolder", classnames_file: str | Non
     if len(data.classnames) < 2:
         raise LoreError(f"--data {root}: only one class ({data.classnames[0]!r}); classification needs "
                         "at least two (is --data one class folder instead of the dataset folder?)")
-    unseen = sorted(set(range(len(data.classnames))) - {y for _, y in data.splits.get("train", [])})
-    if data.splits.get("train") and unseen:
-        print(f"lore: warning: --data {root}: {len(unseen)} class(es) have no training image, e.g. "
-              f"{data.classnames[unseen[0]]!r}; the model cannot learn them", file=sys.stderr)
-    return data
+    return data  # a class without images: check_class_coverage, where the run decides
 
 
 def _read_classnames(path: str) -> list[str]:
@@ -343,6 +342,34 @@ class ImageDataset(torch.utils.data.Dataset):
                     torch.manual_seed(seed)
                     image = self.transform(image)
         return image, label, index
+
+
+def check_class_coverage(data: Splits, allow_missing: bool = False, warn=None) -> list[str]:
+    """Every class of the dataset's class list has a training and a test image: a partly extracted
+    copy otherwise trains on fewer classes than it names. Returns the problems; raises unless
+    ``allow_missing`` (then ``warn`` gets each one)."""
+    import numpy as np
+
+    problems = []
+    n = len(data.classnames)
+    test_split = "test" if data.splits.get("test") else "val"
+    for split in ("train", test_split):
+        samples = data.splits.get(split) or []
+        if not samples:
+            continue
+        counts = np.bincount(np.array([y for _, y in samples], dtype=np.int64), minlength=n)
+        empty = np.flatnonzero(counts[:n] == 0)
+        if empty.size:
+            names = ", ".join(repr(data.classnames[i]) for i in empty[:3].tolist())
+            more = f" and {empty.size - 3} more" if empty.size > 3 else ""
+            problems.append(f"{data.root or 'the dataset'}: class {names}{more} (label "
+                            f"{int(empty[0])}) has no image in the {split} split of the {n} classes "
+                            "the dataset lists; is the copy complete?")
+    if problems and not allow_missing:
+        raise LoreError(problems[0] + " (--allow-missing-classes trains anyway)")
+    for p in problems:
+        (warn or print)(f"lore: warning: {p}")
+    return problems
 
 
 def write_coop_split(path: Path, classnames: list[str], splits: dict[str, list[Sample]]) -> Path:

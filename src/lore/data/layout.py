@@ -45,8 +45,27 @@ def file_number(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def read_mat(name: str, path: Path, simplify: bool = False) -> dict:
+    """A MATLAB .mat file's variables; any file scipy cannot read (text, empty, v7.3 / HDF5) is one
+    error naming it."""
+    from scipy.io import loadmat
+
+    try:
+        return loadmat(str(path), squeeze_me=True, simplify_cells=simplify)
+    except MemoryError:
+        raise
+    except Exception as e:  # scipy raises ValueError, TypeError, MatReadError, NotImplementedError (v7.3)
+        raise LoreError(f"{name}: {path} is not a readable MATLAB file ({type(e).__name__}: "
+                        f"{str(e).strip()[:120] or 'empty'})") from None
+
+
 def read_lines(path: Path) -> list[str]:
-    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise LoreError(f"{path}, line {line}: not UTF-8 text (byte {e.start}); is it the right file?") from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
 def cache_dir() -> Path:

@@ -25,13 +25,17 @@ def first_per_class(labels: list[int] | np.ndarray, keys: np.ndarray, n: int,
     sample's rank within its class is its position minus where the class starts.
     """
     labels = np.asarray(labels)
-    counts = np.bincount(labels, minlength=int(labels.max()) + 1)
-    short = np.flatnonzero(counts < n)
+    # the class list, not the labels present, says how many classes there are
+    counts = np.bincount(labels, minlength=len(classnames) if classnames else int(labels.max()) + 1)
+    # a class with no image at all was let through by --allow-missing-classes
+    short = np.flatnonzero((counts < n) & (counts > 0))
     if short.size:
         c = int(short[0])
         name = classnames[c] if classnames else str(c)
-        raise LoreError(f"--shots {n}: class {name!r} has only {counts[c]} training image(s); "
-                        f"lower --shots to at most {counts[counts > 0].min()}")
+        smallest = int(np.flatnonzero(counts > 0)[np.argmin(counts[counts > 0])])
+        small_name = classnames[smallest] if classnames else str(smallest)
+        raise LoreError(f"--shots {n}: class {name!r} has only {counts[c]} training image(s); lower --shots "
+                        f"to at most {counts[smallest]} (the smallest class, {small_name!r}, has that many)")
     order = np.lexsort((np.asarray(keys), labels))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rank_in_class = np.arange(len(labels)) - starts[labels[order]]

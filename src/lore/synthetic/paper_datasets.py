@@ -158,9 +158,17 @@ _COOP_PATHS = {
 }
 
 
+# CoOp's DATASETS.md: each split file and the folder its image paths start from
+_COOP_LAYOUT = {
+    "flowers": ("split_zhou_OxfordFlowers.json", "jpg"),
+    "cars": ("split_zhou_StanfordCars.json", ""),
+    "eurosat": ("split_zhou_EuroSAT.json", "2750"),
+    "ucf101": ("split_zhou_UCF101.json", "UCF-101-midframes"),
+}
+
+
 def _coop(name: str, out: Path, per_class: int, test_per_class: int, size: int, rng) -> None:
-    from ..data.coop_splits import LAYOUT
-    split_name, image_dir = LAYOUT[name]
+    split_name, image_dir = _COOP_LAYOUT[name]
     keys, names = catalog.class_keys(name), catalog.classnames(name)
     image_root = out / image_dir if image_dir else out
     split: dict[str, list] = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import pickle
 import tempfile
@@ -135,8 +136,73 @@ class _Refused(pickle.UnpicklingError):
     """The pickle is well-formed but asks for something a data file may not hold."""
 
 
+# an object array's elements are Python objects: far fewer than a numeric array's are plausible
+PICKLE_MAX_OBJECT_ELEMENTS = 1_000_000
+
+
+def _guarded_array_type(max_elements: int):
+    """An ndarray subclass that checks an array's declared shape and dtype before numpy allocates
+    it (the BUILD step of a pickled array), so a few hundred bytes cannot ask for gigabytes."""
+    import numpy as np
+
+    class GuardedArray(np.ndarray):
+        def __setstate__(self, state):
+            if not isinstance(state, tuple) or len(state) not in (4, 5):
+                raise _Refused("an array whose pickled state is not numpy's")
+            shape, dtype, data = state[-4], state[-3], state[-1]
+            if not isinstance(dtype, np.dtype) or not isinstance(shape, tuple) or \
+                    not all(isinstance(d, int) and d >= 0 for d in shape):
+                raise _Refused("an array with a malformed shape or dtype")
+            n = math.prod(shape)
+            limit = PICKLE_MAX_OBJECT_ELEMENTS if dtype.hasobject else max_elements
+            if n > limit or dtype.itemsize * n > 8 * max_elements:
+                raise _Refused(f"an array of shape {shape} and dtype {dtype} (more than {limit:,} elements)")
+            if not dtype.hasobject and (not isinstance(data, (bytes, bytearray)) or len(data) != n * dtype.itemsize):
+                raise _Refused(f"an array of shape {shape} whose data does not have that size")
+            super().__setstate__(state)
+
+    return GuardedArray
+
+
+def _plain_arrays(value: Any, memo: dict[int, Any] | None = None) -> Any:
+    """The loaded object with every guarded array turned back into a plain ndarray (each shared
+    object converted once, so shared references stay shared; run after the size check)."""
+    import numpy as np
+
+    memo = {} if memo is None else memo
+    if id(value) in memo:
+        return memo[id(value)]
+    out = value
+    if isinstance(value, np.ndarray) and type(value) is not np.ndarray:
+        out = value.view(np.ndarray)
+        if out.dtype.hasobject:
+            flat = [_plain_arrays(v, memo) for v in out.reshape(-1)]
+            out = np.empty(out.shape, dtype=object)
+            out.reshape(-1)[:] = flat
+    elif isinstance(value, dict):
+        out = type(value)((_plain_arrays(k, memo), _plain_arrays(v, memo)) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        out = type(value)(_plain_arrays(v, memo) for v in value)
+    memo[id(value)] = out
+    return out
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, *args, max_elements: int = PICKLE_MAX_ELEMENTS, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._guarded = _guarded_array_type(max_elements)
+
     def find_class(self, module: str, name: str) -> Any:
+        if name.endswith("_reconstruct") and (module, name) in _ALLOWED_GLOBALS:
+            real = super().find_class(module, name)
+            guarded = self._guarded
+            import numpy as np
+
+            def reconstruct(cls, shape, dtype):
+                if cls is not np.ndarray:
+                    raise _Refused(f"refusing to rebuild an array of type {cls!r}")
+                return real(guarded, shape, dtype)
+            return reconstruct
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
         if module in ("builtins", "__builtin__") and name == "bytes":
@@ -194,7 +260,7 @@ def load_pickle_safe(path: str | os.PathLike, what: str = "pickle file",
         raise LoreError(f"{what} not found: {path}")
     try:
         with open(path, "rb") as f:
-            value = _RestrictedUnpickler(f, encoding="latin1").load()
+            value = _RestrictedUnpickler(f, encoding="latin1", max_elements=max_elements).load()
     except _Refused as e:
         raise LoreError(f"{what} {path} was refused: {e}. Only plain data (lists, dicts, strings, "
                         "numbers, numpy arrays) may be stored in it") from None
@@ -210,7 +276,7 @@ def load_pickle_safe(path: str | os.PathLike, what: str = "pickle file",
     if expanded_size(value, max_elements) > max_elements:
         raise LoreError(f"{what} {path} was refused: it expands to more than {max_elements:,} elements "
                         "(shared or self references); a real ground-truth file holds far fewer")
-    return value
+    return _plain_arrays(value)
 
 
 # ---------------------------------------------------------------------------------------------

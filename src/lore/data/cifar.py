@@ -56,35 +56,45 @@ def _digest(files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def _images(batch: dict, path: Path, labels_key: str) -> tuple[np.ndarray, np.ndarray]:
+def _images(batch: dict, path: Path, labels_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     data, labels = batch.get("data"), batch.get(labels_key)
     if data is None or labels is None:
         raise LoreError(f"{path} has no 'data' / '{labels_key}' entries: not a batch of this dataset")
-    data = np.asarray(data, dtype=np.uint8)
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise LoreError(f"{path}: expected data of shape (N, 3072), got {data.shape}")
-    if len(labels) != len(data):
-        raise LoreError(f"{path}: {len(data)} images but {len(labels)} labels")
+    # CIFAR's own types: uint8 pixels (N, 3072), integer labels in range (nothing converted silently)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        got = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise LoreError(f"{path}: 'data' must be a uint8 array of shape (N, 3072) as CIFAR ships it, got {got}")
+    if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(data):
+        raise LoreError(f"{path}: {len(data)} images but '{labels_key}' is not a list of {len(data)} labels")
+    ys = np.asarray(labels)
+    if ys.dtype.kind not in "iu" or (ys.size and not 0 <= ys.min() <= ys.max() < num_classes):
+        bad = next((y for y in labels if isinstance(y, bool) or not isinstance(y, (int, np.integer))
+                    or not 0 <= y < num_classes), labels[0] if len(labels) else None)
+        raise LoreError(f"{path}: '{labels_key}' holds {bad!r:.40}; labels are integers 0..{num_classes - 1}")
     # rows are 1024 red, 1024 green, 1024 blue values of a 32x32 image
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(labels, dtype=np.int64)
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), ys.astype(np.int64)
 
 
-def _materialise(name: str, files: dict[str, list[Path]], labels_key: str, target: Path) -> None:
+def _materialise(name: str, files: dict[str, list[Path]], labels_key: str, target: Path, num_classes: int) -> None:
     """Write every image as ``target/<split>/<index>.png`` (once; a finished folder is reused)."""
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     labels: dict[str, list[int]] = {}
-    for split, paths in files.items():
-        (tmp / split).mkdir(parents=True)
-        batches = [_images(read_batch(path), path, labels_key) for path in paths]
-        images = np.concatenate([b[0] for b in batches])
-        labels[split] = np.concatenate([b[1] for b in batches]).tolist()
-        for index, image in enumerate(tqdm(images, desc=f"{name} {split}: writing images once as PNG")):
-            Image.fromarray(image).save(tmp / split / f"{index:05d}.png", compress_level=1)
-    buf = io.StringIO()
-    for split, ys in labels.items():
-        buf.write(f"{split} " + " ".join(map(str, ys)) + "\n")
-    (tmp / "labels.txt").write_text(buf.getvalue())
+    try:  # a bad batch or an interrupt leaves no half-written folder in the cache
+        for split, paths in files.items():
+            batches = [_images(read_batch(path), path, labels_key, num_classes) for path in paths]
+            (tmp / split).mkdir(parents=True)
+            images = np.concatenate([b[0] for b in batches])
+            labels[split] = np.concatenate([b[1] for b in batches]).tolist()
+            for index, image in enumerate(tqdm(images, desc=f"{name} {split}: writing images once as PNG")):
+                Image.fromarray(image).save(tmp / split / f"{index:05d}.png", compress_level=1)
+        buf = io.StringIO()
+        for split, ys in labels.items():
+            buf.write(f"{split} " + " ".join(map(str, ys)) + "\n")
+        (tmp / "labels.txt").write_text(buf.getvalue())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         os.replace(tmp, target)
     except OSError:  # another process finished the same folder first
@@ -98,14 +108,17 @@ def _load(name: str, root: Path) -> Splits:
     meta = locate(name, root, spec["meta"], spec["nests"])
     base = meta.parent
     files = {split: [locate(name, base, f) for f in spec[split]] for split in ("train", "test")}
-    names = [_text(n) for n in read_batch(meta).get(spec["names"], [])]
+    raw_names = read_batch(meta).get(spec["names"], [])
+    if not isinstance(raw_names, list) or not all(isinstance(n, (str, bytes)) for n in raw_names):
+        raise LoreError(f"{meta}: '{spec['names']}' must be a list of class names")
+    names = [_text(n) for n in raw_names]
     shipped = catalog.classnames(name)
     if len(names) != len(shipped):
         raise LoreError(f"{meta} lists {len(names)} classes; {name} has {len(shipped)}")
     target = cache_dir() / name / _digest([meta, *files["train"], *files["test"]])
     if not (target / "labels.txt").is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
-        _materialise(name, files, spec["labels"], target)
+        _materialise(name, files, spec["labels"], target, len(shipped))
     splits: dict[str, list[Sample]] = {}
     for line in (target / "labels.txt").read_text().splitlines():
         split, *ys = line.split()

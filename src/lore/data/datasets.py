@@ -171,16 +171,21 @@ def _vpt_json(root: Path, image_dir: str | None, holdout: float) -> Splits:
         raise LoreError(f"--data {root}: no train.json / val.json / test.json found for --format vpt-json")
     first = next(iter(next(iter(raw.values()))), "")
     base = _resolve_image_root(root, image_dir, first)
-    ids = sorted({int(v) for m in raw.values() for v in m.values()})
+    total = sum(len(m) for m in raw.values())
     names: dict[int, str] = {}
-    for m in raw.values():  # FGVC layouts keep one folder per class: use its name
-        for rel, y in m.items():
-            parent = Path(rel).parent.name
-            names.setdefault(int(y), parent or f"class_{y}")
-    num = max(ids) + 1
-    classnames = [names.get(i, f"class_{i}") for i in range(num)]
-    splits = {s: [(str((base / rel).resolve()), int(y)) for rel, y in sorted(m.items())]
-              for s, m in raw.items()}
+    splits = {}
+    for s, m in raw.items():
+        samples = []
+        for rel, y in sorted(m.items()):
+            # every class has an entry: a label beyond the entry count is a corrupt file, and a class
+            # list built up to it could exhaust memory
+            if isinstance(y, bool) or not isinstance(y, int) or not 0 <= y < total:
+                raise LoreError(f"{root / (s + '.json')}: entry {rel!r:.80} has label {y!r:.40}; labels must "
+                                f"be integers 0..{total - 1}")
+            names.setdefault(y, Path(rel).parent.name or f"class_{y}")  # FGVC: one folder per class
+            samples.append((str(inside_root(base, rel, root / f"{s}.json").resolve()), y))
+        splits[s] = samples
+    classnames = [names.get(i, f"class_{i}") for i in range(max(names) + 1)] if names else []
     return Splits(classnames, splits)
 
 
@@ -239,8 +244,13 @@ def _csv(root: Path, image_dir: str | None, holdout: float) -> Splits:
     if not labels:
         raise LoreError(f"--data {root}: the CSV file(s) {', '.join(str(f) for f in files.values())} "
                         "list no images (only a header?)")
-    numeric = all(y.strip().lstrip("-").isdigit() for y in labels)
+    numeric = all(y.strip().isdigit() for y in labels)
     if numeric:
+        # a label beyond the row count is a corrupt file (and a class list up to it, a memory bomb)
+        top = max(labels, key=lambda y: (len(y.strip().lstrip("0")), y.strip().lstrip("0")))
+        if int(top) >= len(labels):
+            raise LoreError(f"--data {root}: numeric label {top.strip()[:40]} but only {len(labels)} rows; "
+                            "numeric labels must be 0..rows-1 (or use class names)")
         classnames = [f"class_{i}" for i in range(max(int(y) for y in labels) + 1)]
         to_id = {y: int(y) for y in labels}
     else:

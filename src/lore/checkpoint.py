@@ -52,9 +52,17 @@ def read_recipe(run_dir: str | Path) -> dict:
     if not run_dir.is_dir():
         raise LoreError(f"--run {run_dir}: not a directory")
     meta = read_json(run_dir / "model.json", "run description")
-    for key in ("method", "backbone", "num_classes"):
+    if not isinstance(meta, dict):
+        raise LoreError(f"{run_dir}/model.json is not a JSON object; it was not written by lore train")
+    types = {"method": str, "backbone": str, "num_classes": int}
+    for key, kind in types.items():
         if key not in meta:
             raise LoreError(f"{run_dir}/model.json has no {key!r}; it was not written by lore train")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise LoreError(f"{run_dir}/model.json: {key} is {meta[key]!r:.60}, not a {kind.__name__}; "
+                            "the file is damaged (re-run training)")
+    if not isinstance(meta.get("options", {}), dict) or not isinstance(meta.get("classnames") or [], list):
+        raise LoreError(f"{run_dir}/model.json: 'options' / 'classnames' have the wrong types; the file is damaged")
     return meta
 
 

@@ -195,16 +195,22 @@ def from_args(args: argparse.Namespace) -> TrainConfig:
     return make(values, source=getattr(args, "config", None) or "command line")
 
 
-def load_yaml(path: str) -> dict:
+def load_yaml(path: str, what: str | None = None) -> dict:
+    """A YAML mapping of options; ``what`` names the file in errors (default ``--config PATH``; a
+    run's own config.yaml is named as such, so a broken one is not blamed on --config)."""
     p = Path(path)
+    what = what or (f"{p.parent}/config.yaml of that run" if p.name == "config.yaml" and
+                    (p.parent / "model.json").is_file() else f"--config {path}")
     if not p.is_file():
-        raise LoreError(f"--config {path}: file not found")
+        raise LoreError(f"{what}: file not found")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise LoreError(f"--config {path}: not a valid UTF-8 YAML file ({e})") from None
+        raise LoreError(f"{what}: not a valid UTF-8 YAML file ({str(e).splitlines()[0][:160]})") from None
+    except RecursionError:
+        raise LoreError(f"{what}: nested deeper than an options file ever is") from None
     if not isinstance(data, dict):
-        raise LoreError(f"--config {path}: expected a mapping of option: value")
+        raise LoreError(f"{what}: expected a mapping of option: value")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 

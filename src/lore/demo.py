@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -95,9 +96,34 @@ def _check(args: argparse.Namespace) -> list[str]:
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise LoreError(f"--methods {args.methods!r}: choose from {', '.join(METHODS)}")
-    if not any(lr > 0 for lr in args.lrs) or 0 in args.lrs:
-        raise LoreError("--lrs: learning rates must be > 0")
+    if not args.lrs or not all(math.isfinite(lr) and lr > 0 for lr in args.lrs):
+        raise LoreError(f"--lrs {','.join(map(str, args.lrs))}: learning rates must be finite and > 0")
+    if not args.wds or not all(math.isfinite(wd) and wd >= 0 for wd in args.wds):
+        raise LoreError(f"--wds {','.join(map(str, args.wds))}: weight decays must be finite and >= 0")
+    _check_lore_set(args.lore_set)
     return methods
+
+
+# the options the demo sets itself: --lore-set may not replace them (its own flags do)
+DEMO_OWNED = ("backbone", "backbone_args", "pretrained", "data", "format", "out", "shots", "seed", "epochs",
+              "batch_size", "lr", "min_lr", "wd", "img_size", "workers", "device", "knowledge", "method")
+
+
+def _check_lore_set(text: str) -> None:
+    """--lore-set before any training: known `lore train` options with valid values."""
+    from dataclasses import fields
+
+    from .config import TrainConfig, make
+
+    options = _lore_options(text)
+    known = {f.name for f in fields(TrainConfig)}
+    for key in options:
+        if key not in known:
+            raise LoreError(f"--lore-set {key}=...: not a `lore train` option (see lore train --help)")
+        if key in DEMO_OWNED:
+            raise LoreError(f"--lore-set {key}=...: the demo sets {key} itself; use the demo's own "
+                            f"--{key.replace('_', '-')} option where it has one")
+    make({"method": "lore", **options}, source="--lore-set")  # values of the right type and range
 
 
 # --------------------------------------------------------------------------------------------

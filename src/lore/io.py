@@ -50,6 +50,10 @@ def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             raise LoreError(f"cannot write {path}: {e.strerror}; nothing was replaced (its previous "
                             "version, e.g. the last checkpoint, is intact). Free space or choose "
                             "another --out") from None
+        if type(e).__name__ == "SafetensorError":  # safetensors reports a failed write as its own error
+            raise LoreError(f"cannot write {path}: {str(e).strip()[:160]}; nothing was replaced (its "
+                            "previous version, e.g. the last checkpoint, is intact). Free space or "
+                            "choose another --out") from None
         raise
     return path
 
@@ -95,9 +99,17 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     if not path.is_file():
         raise LoreError(f"{what} not found: {path}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LoreError(f"{what} {path} is not valid JSON ({e}); fix or re-create the file") from None
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
+        raise LoreError(f"{what} {path} is not valid JSON ({str(e)[:160]}); fix or re-create the file") from None
+    except RecursionError:
+        raise LoreError(f"{what} {path} is nested deeper than Python can read; a data file never "
+                        "needs that (is it the right file?)") from None
+
+
+def _refuse_constant(name: str):
+    # NaN and Infinity are not JSON; Python accepts them, and a NaN label or lr then spreads silently
+    raise ValueError(f"{name} is not a JSON value")
 
 
 # Modules and names a ground-truth pickle (revisited Oxford/Paris gnd_*.pkl) may reference:

@@ -11,6 +11,7 @@ the last holder, for the error message.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 from pathlib import Path
@@ -36,7 +37,13 @@ def acquire(run_dir: str | os.PathLike, flag: str = "--out") -> int:
     run_dir = check_output_dir(run_dir, flag)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:  # never follow a planted link: the pid written below would land outside the run
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        if path.is_symlink() or e.errno == errno.ELOOP:
+            raise LoreError(f"{flag} {run_dir}: {path.name} is a symbolic link; a run's lock must be a "
+                            "plain file there (remove the link, or choose another directory)") from None
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

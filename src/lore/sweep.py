@@ -182,9 +182,7 @@ def run_sweep(out: Path, methods: list[str], datasets: list[Dataset], shots: lis
     """Run (or skip) every cell, write the table after each; raise LoreError if any cell failed."""
     cells = [Cell(d, m, k, s) for d in datasets for k in shots for m in methods for s in seeds]
     results: dict[Cell, dict] = {}
-    for cell in cells:  # a re-run with other options is refused before any file is touched
-        if (cell.run_dir(out) / "final.json").is_file() or (cell.run_dir(out) / "checkpoints").is_dir():
-            _check_same_recipe(cell.run_dir(out), cell_config(cell, out, base))
+    refuse_changed_recipes([(cell, out, base, {}) for cell in cells])
     out.mkdir(parents=True, exist_ok=True)
     for i, cell in enumerate(cells, 1):
         prefix = f"[{i}/{len(cells)}] {cell.label()}:"
@@ -209,6 +207,16 @@ def run_sweep(out: Path, methods: list[str], datasets: list[Dataset], shots: lis
         raise LoreError(f"{len(failed)} of {len(cells)} sweep cells failed (first: {failed[0]['cell']}: "
                         f"{failed[0]['error']}); see {out / 'table.json'}")
     return table
+
+
+def refuse_changed_recipes(cells: list[tuple[Cell, Path, dict, dict]]) -> None:
+    """A re-run with other options is refused before any file is touched: each (cell, output
+    folder, options, cell_config keyword arguments) that already holds a run must have been run
+    with them."""
+    for cell, out, base, kwargs in cells:
+        run_dir = cell.run_dir(out)
+        if (run_dir / "final.json").is_file() or (run_dir / "checkpoints").is_dir():
+            _check_same_recipe(run_dir, cell_config(cell, out, base, **kwargs))
 
 
 def _option_value(text: str):
@@ -319,11 +327,15 @@ def merge(dirs: list[Path], out: Path) -> dict:
     datasets: dict[str, dict] = {}
     shots: list[int] = []
     seeds: list[int] = []
+    if (out / "table.json").exists():  # an input's table, or another merge's: never replaced silently
+        raise LoreError(f"lore sweep merge: --out {out} already holds a table.json"
+                        f"{' (it is one of the tables merged)' if out.resolve() in [d.resolve() for d in dirs] else ''}; "
+                        "choose a new --out")
     for d in dirs:
         path = d / "table.json"
         if not path.is_file():
             raise LoreError(f"lore sweep merge: {path} not found (not a finished sweep directory)")
-        table = read_json(path, "sweep table")
+        table = _sweep_table(read_json(path, "sweep table"), path)
         for key, target in (("methods", methods), ("shots", shots), ("seeds", seeds)):
             target += [v for v in table.get(key, []) if v not in target]
         for ds in table.get("datasets", []):
@@ -344,6 +356,28 @@ def merge(dirs: list[Path], out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_table(out, table)
     print(render_markdown(table))
+    return table
+
+
+def _sweep_table(table, path: Path) -> dict:
+    """A ``table.json`` as `lore sweep` writes it, or one error naming the file and what is wrong."""
+    def bad(what: str):
+        return LoreError(f"lore sweep merge: {path} is not a lore sweep table ({what})")
+
+    if not isinstance(table, dict):
+        raise bad(f"a JSON {type(table).__name__}, not an object")
+    for key in ("methods", "shots", "seeds", "datasets", "cells"):
+        if not isinstance(table.get(key), list):
+            raise bad(f"no list {key!r}")
+    if not all(isinstance(d, dict) and isinstance(d.get("name"), str) for d in table["datasets"]):
+        raise bad("'datasets' entries need a name")
+    for row in table["cells"]:
+        if not (isinstance(row, dict) and isinstance(row.get("method"), str) and isinstance(row.get("dataset"), str)
+                and isinstance(row.get("shots"), int) and isinstance(row.get("n"), int)):
+            raise bad(f"a cell without method / dataset / shots / n: {str(row)[:80]}")
+        if row["method"] not in table["methods"] or row["shots"] not in table["shots"] or \
+                row["dataset"] not in [d["name"] for d in table["datasets"]]:
+            raise bad(f"cell {row['method']} / {row['dataset']} / {row['shots']} is not in its own grid")
     return table
 
 

@@ -297,6 +297,9 @@ def _refuse_overwrite(out: Path) -> None:
     if (out / "final.json").exists() or (out / "checkpoints").exists():
         raise LoreError(f"--out {out} already holds a run; choose a new directory or continue it "
                         f"with --resume {out}")
+    if (out / "metrics.jsonl").exists():  # a fresh run would append to it, then misread it
+        raise LoreError(f"--out {out} already holds a metrics.jsonl but no run to continue (one stopped "
+                        "before its first checkpoint?); choose a new directory, or remove the file")
 
 
 def load_data(cfg: TrainConfig) -> Splits:

@@ -43,8 +43,8 @@ def convert(name: str, annotation: str, value: Any, source: str) -> Any:
     kind = _kind(annotation)
     flag = "--" + name.replace("_", "-")
     if kind is None and "str" in str(annotation) and value is not None and not isinstance(value, str):
-        if isinstance(value, (bool, list, dict)):
-            raise LoreError(f"{source}: {flag} must be text, got {value!r}")
+        if isinstance(value, (bool, list, dict, bytes, bytearray)):
+            raise LoreError(f"{source}: {flag} must be text, got {value!r:.60}")
         return str(value)  # `template: 2024` or `data: 42` in YAML: the text the user typed
     if value is None or kind is None:
         if kind is not None and "None" not in str(annotation):
@@ -76,8 +76,11 @@ def convert(name: str, annotation: str, value: Any, source: str) -> Any:
             raise LoreError(f"{source}: {flag} must be an integer, got {value!r}")
         return value
     if not isinstance(value, (int, float)):
-        raise LoreError(f"{source}: {flag} must be a number, got {value!r}")
-    value = float(value)
+        raise LoreError(f"{source}: {flag} must be a number, got {value!r:.60}")
+    try:
+        value = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise LoreError(f"{source}: {flag} {str(value)[:20]}... is too large for a number") from None
     if not math.isfinite(value):
         raise LoreError(f"{source}: {flag} must be a finite number, got {value}")
     if name in FLOAT_RANGES:

@@ -80,9 +80,11 @@ def _materialise(name: str, files: dict[str, list[Path]], labels_key: str, targe
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     labels: dict[str, list[int]] = {}
-    try:  # a bad batch or an interrupt leaves no half-written folder in the cache
-        for split, paths in files.items():
-            batches = [_images(read_batch(path), path, labels_key, num_classes) for path in paths]
+    # every batch validated before the cache is touched
+    read = {split: [_images(read_batch(path), path, labels_key, num_classes) for path in paths]
+            for split, paths in files.items()}
+    try:  # an interrupt or a full disk leaves no half-written folder in the cache
+        for split, batches in read.items():
             (tmp / split).mkdir(parents=True)
             images = np.concatenate([b[0] for b in batches])
             labels[split] = np.concatenate([b[1] for b in batches]).tolist()
@@ -117,7 +119,6 @@ def _load(name: str, root: Path) -> Splits:
         raise LoreError(f"{meta} lists {len(names)} classes; {name} has {len(shipped)}")
     target = cache_dir() / name / _digest([meta, *files["train"], *files["test"]])
     if not (target / "labels.txt").is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
         _materialise(name, files, spec["labels"], target, len(shipped))
     splits: dict[str, list[Sample]] = {}
     for line in (target / "labels.txt").read_text().splitlines():

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import LoreError
-from ..io import inside_root
+from ..io import inside_root, read_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 FORMATS = ("imagefolder", "vpt-json", "coop-split", "csv")
@@ -161,10 +161,7 @@ def _vpt_json(root: Path, image_dir: str | None, holdout: float) -> Splits:
     for split in SPLITS:
         f = root / f"{split}.json"
         if f.is_file():
-            try:
-                raw[split] = json.loads(f.read_text())
-            except json.JSONDecodeError as e:
-                raise LoreError(f"{f} is not valid JSON ({e})") from None
+            raw[split] = read_json(f, "vpt-json split file")
             if not isinstance(raw[split], dict):
                 raise LoreError(f"{f}: expected an object mapping image path -> class id")
     if not raw:
@@ -197,13 +194,14 @@ def _coop_split(root: Path, image_dir: str | None, holdout: float) -> Splits:
         if not found:
             raise LoreError(f"--data {root}: no split_zhou_*.json file for --format coop-split")
         split_file = found[0]
-    try:
-        raw = json.loads(split_file.read_text())
-    except json.JSONDecodeError as e:
-        raise LoreError(f"{split_file} is not valid JSON ({e})") from None
+    raw = read_json(split_file, "CoOp split file")
     if not isinstance(raw, dict) or not any(s in raw for s in SPLITS):
         raise LoreError(f"{split_file}: expected keys train/val/test holding [path, label, classname] lists")
-    first = next((item[0] for s in SPLITS for item in raw.get(s, [])[:1]), "")
+    for s in SPLITS:
+        if s in raw and not isinstance(raw[s], list):
+            raise LoreError(f"{split_file}: {s} must be a list of [path, label, classname] entries")
+    first = next((item[0] for s in SPLITS for item in (raw.get(s) or [])[:1]
+                  if isinstance(item, list) and item and isinstance(item[0], str)), "")
     base = _resolve_image_root(root, image_dir, first)
     names: dict[int, str] = {}
     splits: dict[str, list[Sample]] = {}

@@ -11,21 +11,21 @@ from ..errors import LoreError
 from ..io import inside_root
 from . import catalog
 from .datasets import Sample, Splits
-from .layout import locate, require_files
+from .layout import locate, read_mat, require_files
 
 NESTS = ("", "lists")
 
 
 def _read(mat: Path, images: Path, num_classes: int) -> list[Sample]:
-    from scipy.io import loadmat
-    try:
-        raw = loadmat(str(mat), squeeze_me=True)
-    except (ValueError, TypeError, OSError) as e:
-        raise LoreError(f"dogs: {mat} is not a MATLAB file ({e})") from None
+    raw = read_mat("dogs", mat)
     if "file_list" not in raw or "labels" not in raw:
         raise LoreError(f"dogs: {mat} has no file_list / labels entries")
     files = np.atleast_1d(raw["file_list"])
-    labels = np.atleast_1d(raw["labels"]).astype(np.int64) - 1
+    labels = np.atleast_1d(raw["labels"])
+    if labels.dtype.kind not in "iuf" or not all(isinstance(f, str) for f in files.tolist()) or \
+            (labels.size and not np.all(labels == np.round(labels))):
+        raise LoreError(f"dogs: {mat}: file_list must hold file names and labels whole numbers 1..{num_classes}")
+    labels = labels.astype(np.int64) - 1
     if len(files) != len(labels) or (len(labels) and not 0 <= labels.min() <= labels.max() < num_classes):
         raise LoreError(f"dogs: {mat} holds {len(files)} files and {len(labels)} labels in 1..{num_classes}: "
                         "they do not match")

@@ -69,9 +69,9 @@ def main(args: argparse.Namespace) -> dict:
         return plan(grid, root, base, args.bench, args.measure)
     if args.bench:
         raise LoreError("--bench is read by --plan only")
-    out.mkdir(parents=True, exist_ok=True)
     if args.shots_cap is not None and args.shots_cap < 1:
         raise LoreError(f"--shots-cap must be >= 1, got {args.shots_cap}")
+    out.mkdir(parents=True, exist_ok=True)
     results = run_grid(grid, root, out, base, args.shots_cap)
     if table.layout == "tasks":
         from .tasks import run_tasks, task_rows

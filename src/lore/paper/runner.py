@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import LoreError
 from ..io import atomic_write_json, atomic_write_text
-from ..sweep import Cell, Dataset, run_cell
+from ..sweep import Cell, Dataset, refuse_changed_recipes, run_cell
 from .tables import Group, Table, dataset_groups, published_columns, published_rows
 
 
@@ -31,6 +31,13 @@ class Grid:
 
 def narrow(table: Table, seeds: list[int], methods: list[str] | None = None,
            datasets: list[str] | None = None, shots: list[int] | None = None) -> Grid:
+    for flag, asked, offered in (("--methods", methods, {m for g in table.groups for m in g.methods}),
+                                 ("--datasets", datasets, {d for g in table.groups for d in g.datasets}),
+                                 ("--shots", shots, {k for g in table.groups for k in g.shots if k})):
+        unknown = [v for v in asked or [] if v not in offered]
+        if unknown:  # a typo would otherwise drop that part of the table without a word
+            raise LoreError(f"{table.name}: {flag} {', '.join(map(str, unknown))} is not in this table "
+                            f"(it has: {', '.join(map(str, sorted(offered)))})")
     groups = []
     for g in table.groups:
         ms = tuple(m for m in g.methods if not methods or m in methods)
@@ -64,6 +71,10 @@ def run_grid(grid: Grid, data_root: Path, out: Path, base: dict,
     todo = cells(grid, data_root)
     results: dict[tuple, dict] = {}
     absent = {d: missing(d, data_root) for g in grid.groups for d in g.datasets}
+    # a re-run with changed options stops here, before table.md is rewritten with every cell failed
+    refuse_changed_recipes([(cell, out / "runs" / group.tag, _cell_values(base, group),
+                             {"recipe_backbone": group.backbone, "shots_cap": shots_cap})
+                            for group, cell in todo if not absent[cell.dataset.name]])
     for i, (group, cell) in enumerate(todo, 1):
         key = (group.tag, cell.method, cell.dataset.name, cell.shots, cell.seed)
         prefix = f"[{i}/{len(todo)}] {group.tag} / {cell.label()}:"
@@ -71,8 +82,7 @@ def run_grid(grid: Grid, data_root: Path, out: Path, base: dict,
             results[key] = {"status": "missing", "error": f"not run: {absent[cell.dataset.name]}"}
             print(f"{prefix} {results[key]['error']}", file=sys.stderr)
             continue
-        values = {**base, "recipe": "paper", "curriculum": group.curriculum}
-        values.setdefault("backbone", group.backbone)
+        values = _cell_values(base, group)
         started = time.time()
         try:
             final, how = run_cell(cell, out / "runs" / group.tag, values, recipe_backbone=group.backbone,
@@ -80,10 +90,16 @@ def run_grid(grid: Grid, data_root: Path, out: Path, base: dict,
             results[key] = {"status": "done", "final": final}
             print(f"{prefix} {how}, test top-1 {100 * final['test_acc1']:.2f} ({time.time() - started:.1f} s)",
                   file=sys.stderr)
-        except LoreError as e:
-            results[key] = {"status": "failed", "error": str(e).strip().splitlines()[0]}
+        except Exception as e:  # noqa: BLE001 - one bad dataset or cell must not end the table
+            results[key] = {"status": "failed", "error": (str(e).strip() or type(e).__name__).splitlines()[0]}
             print(f"{prefix} FAILED: {results[key]['error']}", file=sys.stderr)
     return results
+
+
+def _cell_values(base: dict, group: Group) -> dict:
+    values = {**base, "recipe": "paper", "curriculum": group.curriculum}
+    values.setdefault("backbone", group.backbone)
+    return values
 
 
 # ---------------------------------------------------------------------------------------------

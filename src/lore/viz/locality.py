@@ -157,7 +157,7 @@ def main(args: argparse.Namespace) -> dict:
     from ..io import atomic_write_json, check_output_file
     from ..models import build_model
     from ..runs import resolve_device
-    from .attention import dataset_samples, image_size, load_images
+    from .attention import dataset_samples, image_size, load_images, run_config, run_data_config
 
     if args.batch_size < 1:
         raise LoreError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -165,9 +165,11 @@ def main(args: argparse.Namespace) -> dict:
                             side_files=(".png",))
     device = resolve_device(args.device)
     model, meta = load_run(args.run, device, backbone_checkpoint=args.checkpoint)
-    samples = dataset_samples(args.data, args.format, args.split, args.n, meta, check_classes=False)
+    settings = run_config(args.run)
+    samples = dataset_samples(args.data, args.format, args.split, args.n, meta, check_classes=False,
+                              settings=settings)
     size = image_size(meta, model, args.img_size)
-    images = load_images([p for p, _ in samples], size, dict(model.black_box.data_config))
+    images = load_images([p for p, _ in samples], size, run_data_config(model, settings))
     method = str(meta.get("method", getattr(model, "method", "run")))
     bb = build_model("b-b", model.black_box, 0).eval()
     models = {"b-b": bb} if method == "b-b" else {"b-b": bb, method: model}

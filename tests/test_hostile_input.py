@@ -1,0 +1,324 @@
+"""Hostile and careless input, round three: memory bombs, writes outside --out, tables rewritten
+before a refusal, disk-full checkpoints, one bad dataset in a table, and malformed files of every
+kind: each one clear error line (exit 2), nothing written, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY_BACKBONE, lore_cli
+
+TRAIN = ["train", *TINY_BACKBONE, "--method", "linear", "--shots", "2", "--epochs", "1", "--batch-size", "4",
+         "--device", "cpu"]
+
+
+def one_error_line(err: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("lore: error: "), err
+    assert "Traceback" not in err, err
+    return lines[-1]
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. memory bombs: refused before anything is built, under a memory limit
+
+
+BOMB_RUNNER = textwrap.dedent("""
+    import resource, sys
+    import lore.data.datasets, lore.io  # imports first: the limit is on what the reader builds
+    vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (vm + 768 * 2**20, vm + 768 * 2**20))
+    from lore.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def run_limited(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BOMB_RUNNER, *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_coop_split_with_a_huge_label_is_refused_under_a_memory_limit(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"")
+    (tmp_path / "split_zhou_X.json").write_text(json.dumps({"train": [["a.jpg", 10**30, "a"]],
+                                                            "test": [["a.jpg", 0, "a"]]}))
+    for fmt in ("coop-split",):
+        done = run_limited("train", "--data", tmp_path, "--format", fmt, "--out", tmp_path / "run")
+        assert done.returncode == 2 and "labels must be integers" in one_error_line(done.stderr)
+
+
+@pytest.mark.parametrize("fmt", ["vpt-json", "csv"])
+def test_vpt_json_and_csv_with_a_huge_label_are_refused(tmp_path: Path, fmt: str) -> None:
+    if fmt == "vpt-json":
+        (tmp_path / "train.json").write_text(json.dumps({"a.jpg": 10**30}))
+        (tmp_path / "test.json").write_text(json.dumps({"a.jpg": 0}))
+    else:
+        (tmp_path / "train.csv").write_text("path,label\na.jpg," + "9" * 40 + "\n")
+        (tmp_path / "test.csv").write_text("path,label\na.jpg,0\n")
+    done = run_limited("train", "--data", tmp_path, "--format", fmt, "--out", tmp_path / "run")
+    assert done.returncode == 2 and "label" in one_error_line(done.stderr)
+
+
+class _ObjectArrayBomb:
+    """A few hundred bytes that ask numpy for an object array of 2e8 elements."""
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return (_reconstruct, (np.ndarray, (0,), b"b"),
+                (1, (200_000_000,), np.dtype("O"), False, [None]))
+
+
+def test_cifar_batch_bomb_is_refused_before_numpy_allocates(tmp_path: Path, monkeypatch) -> None:
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    bomb = pickle.dumps({b"data": _ObjectArrayBomb(), b"labels": [0]}, protocol=2)
+    assert len(bomb) < 400
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (base / name).write_bytes(bomb)
+    (base / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}, protocol=2))
+    done = run_limited("data", "check", "cifar10", "--root", base)
+    assert done.returncode == 2 and "200,000,000" in one_error_line(done.stderr).replace("(200000000,)", "200,000,000")
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. writes outside --out, lost outputs
+
+
+def test_a_lock_that_is_a_symlink_is_refused_and_its_target_untouched(colors: Path, tmp_path: Path, capsys) -> None:
+    target = tmp_path / "outside.txt"
+    target.write_text("precious")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").symlink_to(target)
+    assert lore_cli(*TRAIN, "--data", colors, "--out", out) == 2
+    assert "symbolic link" in one_error_line(capsys.readouterr().err) and target.read_text() == "precious"
+
+
+def test_a_stray_metrics_file_in_a_fresh_out_is_refused_before_training(colors: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("not json\n")
+    assert lore_cli(*TRAIN, "--data", colors, "--out", out) == 2
+    assert "metrics.jsonl" in one_error_line(capsys.readouterr().err)
+    assert (out / "metrics.jsonl").read_text() == "not json\n" and not (out / "final.json").exists()
+
+
+def test_sweep_merge_never_replaces_a_table(colors: Path, tmp_path: Path, capsys) -> None:
+    a = tmp_path / "a"
+    assert lore_cli("sweep", "--methods", "linear", "--datasets", f"colors={colors}", "--shots", 2, "--seeds", 1,
+                    "--epochs", 1, "--batch-size", 4, *TINY_BACKBONE, "--device", "cpu", "--out", a) == 0
+    before = (a / "table.json").read_bytes()
+    capsys.readouterr()
+    assert lore_cli("sweep", "merge", a, "--out", a) == 2
+    assert "already holds a table.json" in one_error_line(capsys.readouterr().err)
+    assert (a / "table.json").read_bytes() == before
+
+
+def test_paper_rerun_with_a_changed_option_refuses_before_rewriting_the_table(tmp_path: Path, capsys) -> None:
+    from lore.synthetic.paper_datasets import write_paper_datasets
+
+    root, out = tmp_path / "fake", tmp_path / "t5"
+    write_paper_datasets(root, ["dtd"])
+    argv = ["paper", "table5", "--data-root", root, "--out", out, "--datasets", "dtd", "--methods", "lore",
+            "--backbone", "vit_small_patch16_224", "--no-pretrained", "--backbone-args",
+            "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2", "--img-size", 32, "--workers", 0,
+            "--device", "cpu", "--epochs", 1, "--batch-size", 8, "--shots-cap", 1, "--knowledge", "ngram:16"]
+    assert lore_cli(*argv) == 0
+    tables = {f: (out / f).read_bytes() for f in ("table.md", "table.csv", "table.json")}
+    capsys.readouterr()
+    assert lore_cli(*argv, "--lr", "0.01") == 2
+    assert "other options" in one_error_line(capsys.readouterr().err)
+    assert {f: (out / f).read_bytes() for f in tables} == tables
+
+
+def test_one_broken_dataset_does_not_end_a_paper_table(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A reader's unexpected exception marks that dataset's cells failed; the others run, table.md
+    is written, the exit status says a cell failed."""
+    from lore.data import catalog
+    from lore.synthetic.paper_datasets import write_paper_datasets
+
+    root, out = tmp_path / "fake", tmp_path / "t5"
+    write_paper_datasets(root, ["dtd", "cifar10"])
+    real = catalog.load_paper_dataset
+
+    def flaky(name, *a, **kw):
+        if name == "cifar10":
+            raise ValueError("a reader bug")
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(catalog, "load_paper_dataset", flaky)
+    import lore.train as train_mod
+    monkeypatch.setattr(train_mod, "load_paper_dataset", flaky)
+    argv = ["paper", "table5", "--data-root", root, "--out", out, "--datasets", "dtd,cifar10", "--methods",
+            "lore", "--backbone", "vit_small_patch16_224", "--no-pretrained", "--backbone-args",
+            "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2", "--img-size", 32, "--workers", 0,
+            "--device", "cpu", "--epochs", 1, "--batch-size", 8, "--shots-cap", 1, "--knowledge", "ngram:16"]
+    assert lore_cli(*argv) == 2
+    assert "a reader bug" in capsys.readouterr().err
+    runs = json.loads((out / "table.json").read_text())["runs"]
+    assert {(r["dataset"], r["status"]) for r in runs} == {("dtd", "done"), ("cifar10", "failed")}
+    assert (out / "table.md").is_file()
+
+
+def test_paper_names_a_dataset_or_shot_count_the_table_does_not_have(tmp_path: Path, capsys) -> None:
+    for extra, name in ((["--datasets", "dtd,dtdd"], "--datasets dtdd"), (["--shots", "3"], "--shots 3")):
+        assert lore_cli("paper", "table5", "--data-root", tmp_path, "--out", tmp_path / "o", "--plan",
+                        "--no-measure", *extra) == 2
+        assert name in one_error_line(capsys.readouterr().err)
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. promised one-line errors
+
+
+def test_disk_full_while_saving_a_checkpoint_is_one_line_and_keeps_the_last(colors: Path, tmp_path: Path,
+                                                                            monkeypatch, capsys) -> None:
+    import safetensors
+    import lore.checkpoint as ckpt
+
+    real, calls = ckpt.save_file, []
+
+    def full(tensors, path, *a, **kw):
+        calls.append(path)
+        if len(calls) > 1:  # the first epoch's checkpoint lands, the second finds the disk full
+            raise safetensors.SafetensorError("Error while serializing: IoError(No space left on device)")
+        return real(tensors, path, *a, **kw)
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    out = tmp_path / "run"
+    assert lore_cli(*[a if a != "1" else "2" for a in TRAIN], "--data", colors, "--out", out) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "cannot write" in line and "No space left" in line
+    kept = sorted((out / "checkpoints").glob("*.safetensors"))
+    assert len(kept) == 1 and not list((out / "checkpoints").glob(".*.tmp"))
+
+
+def test_demo_options_are_checked_before_any_training(tmp_path: Path, capsys) -> None:
+    for bad, message in ((["--lore-set", "out=/x"], "the demo sets out itself"),
+                         (["--lore-set", "bn_mode=wrong"], "--bn-mode 'wrong'"),
+                         (["--lore-set", "nonsense=1"], "not a `lore train` option"),
+                         (["--lrs", "0.1,inf"], "--lrs")):
+        assert lore_cli("demo", "--out", tmp_path / "demo", *bad) == 2
+        assert message in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "demo").exists()
+
+
+def test_attention_and_locality_read_a_paper_dataset_run_as_it_was_trained(tmp_path: Path) -> None:
+    from lore.synthetic.paper_datasets import write_paper_datasets
+
+    root = write_paper_datasets(tmp_path / "fake", ["dtd"])["dtd"]
+    run = tmp_path / "run"
+    assert lore_cli("train", *TINY_BACKBONE, "--method", "lore", "--knowledge", "ngram:16", "--dataset", "dtd",
+                    "--data", root, "--shots", 1, "--epochs", 1, "--batch-size", 8, "--out", run) == 0
+    assert lore_cli("attention", "--run", run, "--out", tmp_path / "att.png", "--n", 2) == 0
+    info = json.loads((tmp_path / "att.json").read_text())
+    assert all(Path(p).is_relative_to(root) for p in info["images"])
+    assert lore_cli("locality", "--run", run, "--out", tmp_path / "loc.json", "--n", 2) == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. malformed files: exit 2, one line, no traceback, nothing written
+
+
+def _cifar(tmp: Path, batch: dict | None = None, meta: dict | None = None) -> list:
+    base = tmp / "cifar-10-batches-py"
+    base.mkdir()
+    good = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (base / name).write_bytes(pickle.dumps(batch if batch is not None else good, protocol=2))
+    (base / "batches.meta").write_bytes(pickle.dumps(meta or {b"label_names": [b"c%d" % i for i in range(10)]},
+                                                     protocol=2))
+    return ["data", "check", "cifar10", "--root", base]
+
+
+def _coop(tmp: Path, text: str) -> list:
+    (tmp / "split_zhou_X.json").write_text(text)
+    return [*TRAIN, "--data", tmp, "--format", "coop-split", "--out", tmp / "run"]
+
+
+def _dtd_bytes(tmp: Path) -> list:
+    base = tmp / "dtd"
+    (base / "labels").mkdir(parents=True)
+    (base / "images").mkdir()
+    for f in ("train1.txt", "val1.txt", "test1.txt"):
+        (base / "labels" / f).write_bytes(b"banded/\xff\xfe.jpg\n")
+    return ["data", "check", "dtd", "--root", base]
+
+
+def _dogs_mat(tmp: Path, content: bytes) -> list:
+    (tmp / "Images").mkdir()
+    for s in ("train", "test"):
+        (tmp / f"{s}_list.mat").write_bytes(content)
+    return ["data", "check", "dogs", "--root", tmp]
+
+
+def _config(tmp: Path, text: str) -> list:
+    (tmp / "c.yaml").write_text(text)
+    return [*TRAIN, "--config", tmp / "c.yaml", "--data", tmp, "--out", tmp / "run"]
+
+
+def _merge(tmp: Path, table) -> list:
+    (tmp / "s").mkdir()
+    (tmp / "s" / "table.json").write_text(json.dumps(table))
+    return ["sweep", "merge", tmp / "s", "--out", tmp / "merged"]
+
+
+def _model_json(tmp: Path, colors: Path) -> list:
+    run = tmp / "run"
+    assert lore_cli(*TRAIN, "--data", colors, "--out", run) == 0
+    meta = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps({**meta, "method": ["x"]}))
+    return ["eval", "--run", run, "--out", tmp / "ev"]
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+MALFORMED = {
+    "cifar label is text": lambda t, c: _cifar(t, {b"data": np.zeros((2, 3072), np.uint8), b"labels": ["a", "b"]}),
+    "cifar label is huge": lambda t, c: _cifar(t, {b"data": np.zeros((2, 3072), np.uint8), b"labels": [10**30, 1]}),
+    "cifar label is a float": lambda t, c: _cifar(t, {b"data": np.zeros((2, 3072), np.uint8), b"labels": [1.7, 1]}),
+    "cifar data is not an array": lambda t, c: _cifar(t, {b"data": [1, 2], b"labels": [0, 1]}),
+    "cifar data is float": lambda t, c: _cifar(t, {b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}),
+    "cifar label_names not a list": lambda t, c: _cifar(t, meta={b"label_names": b"airplane"}),
+    "dtd list not utf-8": lambda t, c: _dtd_bytes(t),
+    "dogs mat is empty": lambda t, c: _dogs_mat(t, b""),
+    "dogs mat is text": lambda t, c: _dogs_mat(t, b"file_list = 3\n"),
+    "dogs mat is v7.3 hdf5": lambda t, c: _dogs_mat(t, b"MATLAB 7.3 MAT-file" + b" " * 108 + b"\x00\x02IM" + b"\x89HDF" * 64),
+    "coop label 1e999": lambda t, c: _coop(t, '{"train": [["a.jpg", 1e999, "a"]]}'),
+    "coop label NaN": lambda t, c: _coop(t, '{"train": [["a.jpg", NaN, "a"]]}'),
+    "coop label text": lambda t, c: _coop(t, '{"train": [["a.jpg", "zero", "a"]]}'),
+    "coop label list": lambda t, c: _coop(t, '{"train": [["a.jpg", [1], "a"]]}'),
+    "coop split not a list": lambda t, c: _coop(t, '{"train": {"a.jpg": 0}}'),
+    "coop impath a number": lambda t, c: _coop(t, '{"train": [[5, 0, "a"]]}'),
+    "coop impath null": lambda t, c: _coop(t, '{"train": [[null, 0, "a"]]}'),
+    "coop json not utf-8": lambda t, c: _coop(t, '{"train": [["\udcff", 0, "a"]]}'.encode("utf-8", "surrogateescape").decode("latin1")),
+    "coop json nested 100000 deep": lambda t, c: _coop(t, '{"train": ' + DEEP + "}"),
+    "config nested deep": lambda t, c: _config(t, "lr: " + "[" * 3000 + "]" * 3000),
+    "config lr of 370 digits": lambda t, c: _config(t, "lr: " + "9" * 370 + "\n"),
+    "config data is binary": lambda t, c: _config(t, "data: !!binary aGVsbG8=\n"),
+    "sweep table is a list": lambda t, c: _merge(t, [1, 2]),
+    "sweep table lacks keys": lambda t, c: _merge(t, {"methods": ["lore"]}),
+    "model.json method is a list": lambda t, c: _model_json(t, c),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_file_is_one_error_line(case: str, colors: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = MALFORMED[case](work, colors)
+    capsys.readouterr()
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert lore_cli(*argv) == 2
+    one_error_line(capsys.readouterr().err)
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert after == before, set(after) - set(before)  # nothing written (no run, no cache, no table)

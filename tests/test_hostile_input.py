@@ -280,6 +280,42 @@ def _model_json(tmp: Path, colors: Path) -> list:
     return ["eval", "--run", run, "--out", tmp / "ev"]
 
 
+def _imagenet(tmp: Path, *, csv_text: bytes | None = None, meta: bytes | dict | None = None,
+              truth: str = "1\n", val_name: str = "ILSVRC2012_val_00000001.JPEG") -> list:
+    from PIL import Image
+    from scipy.io import savemat
+
+    root = tmp / "imagenet"
+    (root / "train" / "n01440764").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "train" / "n01440764" / "a.JPEG")
+    (root / "val").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "val" / val_name)
+    if csv_text is not None:
+        (root / "LOC_val_solution.csv").write_bytes(csv_text)
+    else:
+        devkit = root / "ILSVRC2012_devkit_t12" / "data"
+        devkit.mkdir(parents=True)
+        (devkit / "ILSVRC2012_validation_ground_truth.txt").write_text(truth)
+        if isinstance(meta, bytes):
+            (devkit / "meta.mat").write_bytes(meta)
+        else:
+            savemat(devkit / "meta.mat", meta or {"other": np.zeros(1)})
+    return ["data", "check", "imagenet", "--root", root]
+
+
+def _aircraft_bytes(tmp: Path) -> list:
+    data = tmp / "fgvc-aircraft-2013b" / "data"
+    data.mkdir(parents=True)
+    (data / "variants.txt").write_bytes(b"707-320\n\xff\n")
+    return ["data", "check", "aircraft", "--root", tmp]
+
+
+def _bench(tmp: Path, report) -> list:
+    (tmp / "bench.json").write_text(report if isinstance(report, str) else json.dumps(report))
+    return ["paper", "table5", "--data-root", tmp, "--out", tmp / "o", "--plan", "--no-measure", "--bench",
+            tmp / "bench.json"]
+
+
 DEEP = "[" * 100_000 + "]" * 100_000
 MALFORMED = {
     "cifar label is text": lambda t, c: _cifar(t, {b"data": np.zeros((2, 3072), np.uint8), b"labels": ["a", "b"]}),
@@ -307,6 +343,15 @@ MALFORMED = {
     "sweep table is a list": lambda t, c: _merge(t, [1, 2]),
     "sweep table lacks keys": lambda t, c: _merge(t, {"methods": ["lore"]}),
     "model.json method is a list": lambda t, c: _model_json(t, c),
+    "imagenet LOC csv short rows": lambda t, c: _imagenet(t, csv_text=b"ImageId,PredictionString\nILSVRC2012_val_00000001\n"),
+    "imagenet LOC csv not utf-8": lambda t, c: _imagenet(t, csv_text=b"ImageId,PredictionString\n\xff\xfe,x\n"),
+    "imagenet meta.mat without synsets": lambda t, c: _imagenet(t),
+    "imagenet meta.mat empty": lambda t, c: _imagenet(t, meta=b""),
+    "imagenet val file without a number": lambda t, c: _imagenet(t, val_name="ILSVRC2012_val_last.JPEG"),
+    "aircraft variants not utf-8": lambda t, c: _aircraft_bytes(t),
+    "bench rates of the wrong type": lambda t, c: _bench(t, {"methods": {"lore": {"train_images_per_s": "fast"}}}),
+    "bench rate negative": lambda t, c: _bench(t, {"methods": {"lore": {"infer_images_per_s": -5}}}),
+    "bench nested deep": lambda t, c: _bench(t, DEEP),
 }
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import LoreError
 from . import catalog
 from .datasets import Sample, Splits
-from .layout import list_images, read_lines
+from .layout import list_images, read_lines, read_mat
 
 NESTS = ("", "ILSVRC/Data/CLS-LOC")
 DEVKIT = ("ILSVRC2012_devkit_t12/data", "ILSVRC2012_devkit_t12", "devkit/data", "")
@@ -44,14 +44,19 @@ def _devkit_labels(root: Path, index: dict[str, int]) -> list[int] | None:
             if not meta.is_file():
                 raise LoreError(f"imagenet: expected meta.mat next to {truth} (it maps the devkit's "
                                 "class ids to WordNet ids)")
-            from scipy.io import loadmat
-            synsets = loadmat(str(meta), squeeze_me=True)["synsets"]
+            synsets = read_mat("imagenet", meta).get("synsets")
+            names = getattr(getattr(synsets, "dtype", None), "names", None) or ()
+            if "ILSVRC2012_ID" not in names or "WNID" not in names:
+                raise LoreError(f"imagenet: {meta} has no 'synsets' struct with ILSVRC2012_ID and WNID "
+                                "(is it the devkit's meta.mat?)")
             id_to_wnid = {int(i): str(w) for i, w in zip(synsets["ILSVRC2012_ID"], synsets["WNID"])}
-            try:
-                return [index[id_to_wnid[int(x)]] for x in read_lines(truth)]
-            except (KeyError, ValueError) as e:
-                raise LoreError(f"imagenet: {truth} holds class id {e} that {meta} does not map to an "
-                                "ImageNet-1k class") from None
+            labels = []
+            for line, x in enumerate(read_lines(truth), 1):
+                if not x.isdigit() or int(x) not in id_to_wnid or id_to_wnid[int(x)] not in index:
+                    raise LoreError(f"imagenet: {truth}, line {line}: {x[:40]!r} is not a class id that "
+                                    f"{meta} maps to an ImageNet-1k class")
+                labels.append(index[id_to_wnid[int(x)]])
+            return labels
     return None
 
 
@@ -59,13 +64,20 @@ def _loc_labels(root: Path, index: dict[str, int]) -> dict[str, int] | None:
     for base in (root, root.parent):
         path = base / "LOC_val_solution.csv"
         if path.is_file():
-            with open(path, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
             try:
-                return {r["ImageId"]: index[r["PredictionString"].split()[0]] for r in rows}
-            except (KeyError, IndexError) as e:
-                raise LoreError(f"imagenet: {path} is not Kaggle's LOC_val_solution.csv "
-                                f"(ImageId,PredictionString rows; bad entry {e})") from None
+                with open(path, newline="", encoding="utf-8") as f:
+                    rows = list(csv.DictReader(f))
+            except (UnicodeDecodeError, csv.Error) as e:
+                raise LoreError(f"imagenet: {path} is not a UTF-8 CSV file ({str(e)[:120]})") from None
+            labels = {}
+            for line, r in enumerate(rows, 2):
+                image, prediction = r.get("ImageId"), r.get("PredictionString")
+                wnid = prediction.split()[0] if isinstance(prediction, str) and prediction.split() else None
+                if not image or wnid not in index:
+                    raise LoreError(f"imagenet: {path}, line {line}: expected 'ImageId,PredictionString' with "
+                                    "the ImageNet-1k WordNet id first (Kaggle's LOC_val_solution.csv)")
+                labels[image] = index[wnid]
+            return labels
     return None
 
 
@@ -85,7 +97,11 @@ def _flat_val(root: Path, val: Path, index: dict[str, int]) -> list[Sample]:
     # the devkit's line k labels ILSVRC2012_val_<k>.JPEG (1-based, by the number in the name)
     samples = []
     for p in images:
-        k = int(p.stem.rsplit("_", 1)[-1])
+        number = p.stem.rsplit("_", 1)[-1]
+        if not number.isdigit():
+            raise LoreError(f"imagenet: {p} does not end in a number (ILSVRC2012_val_NNNNNNNN.JPEG): the "
+                            "devkit's ground truth labels the images by it")
+        k = int(number)
         if not 1 <= k <= len(labels):
             raise LoreError(f"imagenet: {p} has no line in the devkit ground truth ({len(labels)} lines)")
         samples.append((str(p), labels[k - 1]))

@@ -8,6 +8,8 @@ second of a short training and inference step measured on this machine with ``lo
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 from ..errors import LoreError
@@ -51,8 +53,18 @@ def measure_rates(backbone: str, base: dict) -> dict:
 
 def bench_rates(path: str) -> dict:
     report = read_json(Path(path), "lore bench result")
-    if not isinstance(report, dict) or "methods" not in report:
-        raise LoreError(f"--bench {path}: not a `lore bench` result (no 'methods')")
+    if not isinstance(report, dict) or not isinstance(report.get("methods"), dict):
+        raise LoreError(f"--bench {path}: not a `lore bench` result (no 'methods' object)")
+    for method, rates in report["methods"].items():
+        if not isinstance(rates, dict):
+            raise LoreError(f"--bench {path}: methods.{method} must be an object of rates")
+        for key in ("train_images_per_s", "infer_images_per_s"):
+            value = rates.get(key)
+            # a rate that is not a positive, finite, plausible number would print negative or NaN hours
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or not 0 < value < 1e9):
+                raise LoreError(f"--bench {path}: methods.{method}.{key} is {value!r:.40}; expected images "
+                                "per second, a positive number")
     return report["methods"]
 
 

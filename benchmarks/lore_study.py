@@ -457,11 +457,14 @@ class Study:
         return cell
 
     def save(self) -> None:
-        from lore.io import atomic_write_json, atomic_write_text
+        from lore.io import atomic_write_text
 
         self.results["seconds"] = round(time.time() - self.started, 1)
-        atomic_write_json(self.out / "study.json", self.results)
-        atomic_write_text(self.out / "study.md", render(self.results))
+        # paths relative to where the study ran: the committed results name no machine's folders
+        here = f"{Path.cwd()}/"
+        text = json.dumps(self.results, indent=2).replace(here, "")
+        atomic_write_text(self.out / "study.json", text + "\n")
+        atomic_write_text(self.out / "study.md", render(self.results).replace(here, ""))
 
     def run(self) -> dict:
         args = self.args

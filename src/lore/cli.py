@@ -73,21 +73,18 @@ def _count(low: int):
 
 
 def _eval_main(args: argparse.Namespace) -> dict:
-    from . import config as config_mod
     from .checkpoint import load_run
     from .data import load_dataset
     from .distributed import DistInfo
     from .io import atomic_write_json, check_output_dir
-    from .runs import resolve_device
+    from .runs import resolve_device, saved_config
     from .train import Context, evaluate, run_data_config
 
     run_dir = Path(args.run)
     out = check_output_dir(args.out or run_dir, "--out" if args.out else "--run")
     device = resolve_device(args.device)
     model, meta = load_run(run_dir, device, backbone_checkpoint=args.checkpoint)
-    saved = config_mod.load_yaml(str(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() else {}
-    cfg = config_mod.make({**saved, "batch_size": args.batch_size, "workers": args.workers,
-                           "device": str(device), "resume": None}, source=str(run_dir / "config.yaml"))
+    cfg = saved_config(run_dir, batch_size=args.batch_size, workers=args.workers, device=str(device))
     data_path = args.data or meta.get("data") or cfg.data
     if cfg.dataset and not args.format:  # a run on a paper dataset reads it as distributed
         from .data.catalog import load_paper_dataset

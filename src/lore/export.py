@@ -99,9 +99,9 @@ def preprocessing(img_size: int, data_config: dict) -> dict:
 
 def main(args: argparse.Namespace) -> dict:
     from . import __version__
-    from . import config as config_mod
     from .checkpoint import load_run
     from .io import atomic_write_json, check_output_file
+    from .runs import saved_config
     from .train import run_data_config
 
     require()
@@ -111,8 +111,7 @@ def main(args: argparse.Namespace) -> dict:
     run_dir = Path(args.run)
     model, meta = load_run(run_dir, "cpu", backbone_checkpoint=args.checkpoint)
     model = model.float().eval()
-    saved = config_mod.load_yaml(str(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() else {}
-    cfg = config_mod.make({**saved, "resume": None}, source=str(run_dir / "config.yaml"))
+    cfg = saved_config(run_dir)
     img_size = int(cfg.img_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     # write and check in a private folder beside --out; publish only a verified file

@@ -175,11 +175,10 @@ def _output(args: argparse.Namespace) -> tuple[Path, str]:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from . import config as config_mod
     from .checkpoint import load_run
     from .data import eval_transform
     from .io import atomic_write_text
-    from .runs import resolve_device
+    from .runs import resolve_device, saved_config
     from .train import amp_dtype, run_data_config
 
     if args.topk < 1:
@@ -192,9 +191,7 @@ def main(args: argparse.Namespace) -> dict:
     run_dir = Path(args.run)
     device = resolve_device(args.device)
     model, meta = load_run(run_dir, device, backbone_checkpoint=args.checkpoint)
-    saved = config_mod.load_yaml(str(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() else {}
-    cfg = config_mod.make({**saved, "resume": None, "device": str(device),
-                           **({"amp": args.amp} if args.amp else {})}, source=str(run_dir / "config.yaml"))
+    cfg = saved_config(run_dir, device=str(device), **({"amp": args.amp} if args.amp else {}))
     transform = eval_transform(cfg.img_size, run_data_config(cfg, model.black_box))
     classnames = list(meta.get("classnames") or [str(i) for i in range(meta["num_classes"])])
     probs, statuses = predict(model, paths, transform, cfg.img_size, device, amp_dtype(cfg, device),

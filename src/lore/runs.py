@@ -4,6 +4,7 @@ backbone (``--backbone``, the B-B baseline)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -24,6 +25,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--bb", action="store_true",
                        help="with --run: use the run's plain backbone (B-B) instead of its method")
     group.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
+
+
+def saved_config(run_dir: str | Path, **overrides):
+    """The TrainConfig a run recorded (``RUN/config.yaml``; defaults where it has none), with
+    ``overrides`` (how to run now: batch size, device, ...) and no resume."""
+    from . import config as config_mod
+
+    path = Path(run_dir) / "config.yaml"
+    saved = config_mod.load_yaml(str(path)) if path.is_file() else {}
+    return config_mod.make({**saved, "resume": None, **overrides}, source=str(path))
 
 
 def resolve_device(name: str) -> torch.device:

@@ -38,40 +38,33 @@ def pick_evenly(total: int, n: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, total - 1, min(n, total)).round()})
 
 
-def run_config(run: str | None) -> dict:
-    """The run's recorded options (config.yaml), {} without a run."""
-    from ..config import load_yaml
+def run_data_config(model: nn.Module, run: str | None) -> dict:
+    """The backbone's mean / std with the crop the run was tested with (not the backbone's own);
+    a bare backbone's own."""
+    from ..runs import saved_config
+    from ..train import run_data_config as with_run_crop
 
-    if not run or not (Path(run) / "config.yaml").is_file():
-        return {}
-    return load_yaml(str(Path(run) / "config.yaml"))
-
-
-def run_data_config(model: nn.Module, settings: dict) -> dict:
-    """The backbone's mean / std with the crop the run was tested with (not the backbone's own)."""
-    data_config = dict(model.black_box.data_config)
-    if settings.get("crop_pct") is not None:
-        data_config["crop_pct"] = settings["crop_pct"]
-    return data_config
+    return with_run_crop(saved_config(run), model.black_box) if run else dict(model.black_box.data_config)
 
 
 def dataset_samples(data: str | None, fmt: str, split: str, n: int, meta: dict,
-                    check_classes: bool, settings: dict | None = None) -> list[tuple[str, int]]:
+                    check_classes: bool, run: str | None = None) -> list[tuple[str, int]]:
     """``n`` (path, label) samples of a split; ``data`` defaults to the run's training data, read
     the way the run read it (a paper dataset as distributed, another in its --format)."""
     from ..data import load_dataset
     from ..data.catalog import load_paper_dataset
+    from ..runs import saved_config
 
-    settings = settings or {}
     root = data or meta.get("data")
     if not root:
         raise LoreError("no images given: pass --data PATH (or --images IMG...)")
-    if not data and settings.get("dataset"):
-        ds = load_paper_dataset(settings["dataset"], root, settings.get("split_file"))
+    cfg = saved_config(run) if run and not data else None
+    if cfg is not None and cfg.dataset:
+        ds = load_paper_dataset(cfg.dataset, root, cfg.split_file)
+    elif cfg is not None:
+        ds = load_dataset(root, cfg.format, cfg.classnames, cfg.image_dir, cfg.holdout)
     else:
-        ds = load_dataset(root, fmt if data else settings.get("format") or fmt,
-                          None if data else settings.get("classnames"),
-                          None if data else settings.get("image_dir"))
+        ds = load_dataset(root, fmt)
     if check_classes and meta.get("classnames") and ds.classnames != meta["classnames"]:
         raise LoreError(f"--data {root}: its {len(ds.classnames)} classes are not the "
                         f"{len(meta['classnames'])} the run was trained on, so its labels cannot name "
@@ -323,11 +316,11 @@ def main(args: argparse.Namespace) -> dict:
         paths, labels = list(args.images), None
     else:
         samples = dataset_samples(args.data, args.format, args.split, args.n, meta,
-                                  check_classes=not is_bare(model), settings=run_config(args.run))
+                                  check_classes=not is_bare(model), run=args.run)
         paths, labels = [p for p, _ in samples], [y for _, y in samples]
     layer = resolve_layer(args.layer, model.black_box.depth)
     size = image_size(meta, model, args.img_size)
-    data_config = run_data_config(model, run_config(args.run))
+    data_config = run_data_config(model, args.run)
     images = load_images(paths, size, data_config)
 
     notes = []

@@ -157,7 +157,7 @@ def main(args: argparse.Namespace) -> dict:
     from ..io import atomic_write_json, check_output_file
     from ..models import build_model
     from ..runs import resolve_device
-    from .attention import dataset_samples, image_size, load_images, run_config, run_data_config
+    from .attention import dataset_samples, image_size, load_images, run_data_config
 
     if args.batch_size < 1:
         raise LoreError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -165,11 +165,10 @@ def main(args: argparse.Namespace) -> dict:
                             side_files=(".png",))
     device = resolve_device(args.device)
     model, meta = load_run(args.run, device, backbone_checkpoint=args.checkpoint)
-    settings = run_config(args.run)
     samples = dataset_samples(args.data, args.format, args.split, args.n, meta, check_classes=False,
-                              settings=settings)
+                              run=args.run)
     size = image_size(meta, model, args.img_size)
-    images = load_images([p for p, _ in samples], size, run_data_config(model, settings))
+    images = load_images([p for p, _ in samples], size, run_data_config(model, args.run))
     method = str(meta.get("method", getattr(model, "method", "run")))
     bb = build_model("b-b", model.black_box, 0).eval()
     models = {"b-b": bb} if method == "b-b" else {"b-b": bb, method: model}

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .data.datasets import IMAGE_EXTENSIONS, load_image
+from .data.datasets import IMAGE_EXTENSIONS, list_images_recursive, load_image
 from .errors import LoreError
 from .values import default_workers
 
@@ -54,7 +54,7 @@ def collect_inputs(inputs: list[str]) -> list[str]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            found = [str(f) for f in list_images_recursive(p)]
             if not found:
                 raise LoreError(f"INPUT {p}: no images in this folder (looked for {', '.join(IMAGE_EXTENSIONS)})")
             paths += found

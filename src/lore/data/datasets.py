@@ -100,7 +100,8 @@ def _read_classnames(path: str) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
-def _list_images(folder: Path) -> list[Path]:
+def list_images_recursive(folder: Path) -> list[Path]:
+    """Every image file under ``folder``, sorted."""
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
@@ -117,7 +118,7 @@ def _imagefolder(root: Path, image_dir: str | None, holdout: float) -> Splits:
     for split, folder in parts.items():
         samples = []
         for c in sorted(d.name for d in folder.iterdir() if d.is_dir()):
-            images = _list_images(folder / c)
+            images = list_images_recursive(folder / c)
             if not images:
                 raise LoreError(f"--data {root}: class folder {folder / c} has no images")
             samples += [(str(p.resolve()), index[c]) for p in images]

@@ -367,3 +367,35 @@ def test_malformed_file_is_one_error_line(case: str, colors: Path, tmp_path: Pat
     one_error_line(capsys.readouterr().err)
     after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     assert after == before, set(after) - set(before)  # nothing written (no run, no cache, no table)
+
+
+# ------------------------------------------------------------------------------------------------
+# should-fix: duplicates, leaks, scoring trained images
+
+
+def test_a_duplicate_line_or_a_test_image_in_the_train_list_is_refused(colors: Path, tmp_path: Path, capsys) -> None:
+    train = sorted(str(p) for p in (colors / "train").rglob("*.png"))
+    test = sorted(str(p) for p in (colors / "test").rglob("*.png"))
+    for name, rows in (("duplicate", train + train[:1]), ("leak", train + test[:1])):
+        root = tmp_path / name
+        root.mkdir()
+        (root / "train.csv").write_text("path,label\n" + "".join(f"{p},{Path(p).parent.name}\n" for p in rows))
+        (root / "test.csv").write_text("path,label\n" + "".join(f"{p},{Path(p).parent.name}\n" for p in test))
+        assert lore_cli(*TRAIN, "--data", root, "--format", "csv", "--out", tmp_path / f"run-{name}") == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert ("listed twice in the train split" if name == "duplicate" else "in both the train and the test") in line
+
+
+def test_eval_on_val_warns_when_the_run_trained_on_those_images(tmp_path: Path, capsys) -> None:
+    """A paper dataset's pool is train + val: `eval --split val` then scores trained images."""
+    from lore.synthetic.paper_datasets import write_paper_datasets
+
+    root = write_paper_datasets(tmp_path / "fake", ["dtd"])["dtd"]  # 1 train + 1 val image per class
+    run = tmp_path / "run"
+    assert lore_cli("train", *TINY_BACKBONE, "--method", "linear", "--dataset", "dtd", "--data", root, "--shots", 2,
+                    "--epochs", 1, "--batch-size", 8, "--device", "cpu", "--out", run) == 0
+    capsys.readouterr()
+    assert lore_cli("eval", "--run", run, "--split", "val", "--workers", 0, "--out", tmp_path / "ev") == 0
+    assert "47 of the 47 val images were among the run's training shots" in capsys.readouterr().err
+    assert lore_cli("eval", "--run", run, "--split", "test", "--workers", 0, "--out", tmp_path / "ev") == 0
+    assert "warning" not in capsys.readouterr().err

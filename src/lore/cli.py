@@ -97,13 +97,32 @@ def _eval_main(args: argparse.Namespace) -> dict:
                         f"{len(meta['classnames'])} the run was trained on (first differing: "
                         f"{_first_difference(data.classnames, meta['classnames'])}); pass the same "
                         "class list (--classnames)")
+    samples = data.get(args.split)
+    _warn_if_trained_on(run_dir, samples, args.split)
     ctx = Context(cfg, DistInfo(), device, run_dir, run_data_config(cfg, model.black_box))
-    result = evaluate(ctx, model, data.get(args.split))
+    result = evaluate(ctx, model, samples)
     result.update(split=args.split, data=str(data_path))
     print(f"{meta['method']} on {data_path} [{args.split}]: top-1 {result['acc1']:.4f}  "
           f"top-5 {result['acc5']:.4f}  ({result['n']} images)")
     atomic_write_json(out / f"eval_{args.split}.json", result)
     return result
+
+
+def _warn_if_trained_on(run_dir: Path, samples: list, split: str) -> None:
+    """`eval --split val` on a run whose few-shot pool held val images scores images it trained on."""
+    import json
+
+    shots = run_dir / "fewshot.json"
+    if split == "test" or not shots.is_file():
+        return
+    try:
+        trained = set(json.loads(shots.read_text(encoding="utf-8")).get("files") or [])
+    except (ValueError, AttributeError):
+        return
+    seen = sum(p in trained for p, _ in samples)
+    if seen:
+        print(f"lore: warning: {seen} of the {len(samples)} {split} images were among the run's training "
+              f"shots ({shots}); this accuracy is not a held-out score", file=sys.stderr)
 
 
 def _first_difference(a: list[str], b: list[str]) -> str:

@@ -29,7 +29,7 @@ from .curriculum import select_easy, select_hard
 from .data import (EpochBatchSampler, ImageDataset, ShardedSampler, eval_transform, few_shot_indices,
                    load_dataset, train_transform)
 from .data.catalog import knowledge_template, load_paper_dataset, prograd_templates, zeroshot_templates
-from .data.datasets import Splits, check_class_coverage, check_headers
+from .data.datasets import Splits, check_class_coverage, check_headers, check_split_integrity
 from .data.sampling import check_batch_for_norm
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, convert_sync_batchnorm, init_distributed
 from .errors import LoreError
@@ -310,6 +310,7 @@ def load_data(cfg: TrainConfig) -> Splits:
         raise LoreError("--split-file goes with --dataset NAME (a paper dataset read as distributed)")
     else:
         data = load_dataset(cfg.data, cfg.format, cfg.classnames, cfg.image_dir, cfg.holdout)
+    check_split_integrity(data)
     check_class_coverage(data, cfg.allow_missing_classes, warn=lambda m: print(m, file=sys.stderr))
     return data
 

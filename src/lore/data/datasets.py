@@ -381,6 +381,23 @@ def check_class_coverage(data: Splits, allow_missing: bool = False, warn=None) -
     return problems
 
 
+def check_split_integrity(data: Splits) -> None:
+    """No image listed twice in a split, and no test image in the training pool: either would
+    silently weight or leak images (a careless list edit, a test list pasted into a train list)."""
+    from collections import Counter
+
+    for split, samples in data.splits.items():  # (a pool of train + val repeats an image listed in both)
+        twice = next((p for p, k in Counter(p for p, _ in samples).items() if k > 1), None)
+        if twice is not None:
+            raise LoreError(f"{data.root or 'the dataset'}: {twice} is listed twice in the {split} split; "
+                            "remove the duplicate line")
+    test = {p for p, _ in data.splits.get("test") or []}
+    leaked = next((p for p, _ in data.splits.get("train") or [] if p in test), None)
+    if leaked is not None:
+        raise LoreError(f"{data.root or 'the dataset'}: {leaked} is in both the train and the test split; "
+                        "a test image must not be trained on")
+
+
 def write_coop_split(path: Path, classnames: list[str], splits: dict[str, list[Sample]]) -> Path:
     """Write ``splits`` as a CoOp ``split_zhou_*.json`` beside its images: paths relative to the
     file's folder, as the reader requires (unchanged files are not rewritten)."""

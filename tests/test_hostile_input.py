@@ -399,3 +399,20 @@ def test_eval_on_val_warns_when_the_run_trained_on_those_images(tmp_path: Path, 
     assert "47 of the 47 val images were among the run's training shots" in capsys.readouterr().err
     assert lore_cli("eval", "--run", run, "--split", "test", "--workers", 0, "--out", tmp_path / "ev") == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_messages_name_the_right_thing(tmp_path: Path, capsys) -> None:
+    assert lore_cli("train", "--bogus") == 2
+    assert one_error_line(capsys.readouterr().err).startswith("lore: error: unrecognized arguments")  # not "lore: lore:"
+    assert lore_cli(*TRAIN, "--method", "prograd", "--prograd-lambda", "-1", "--data", tmp_path, "--out", tmp_path / "r") == 2
+    assert "--prograd-lambda must be >= 0" in one_error_line(capsys.readouterr().err)
+    half = tmp_path / "half"  # a run still training: config.yaml written, model.json not yet
+    half.mkdir()
+    (half / "config.yaml").write_text("method: linear\n")
+    assert lore_cli("eval", "--run", half) == 2
+    assert "still training or stopped before it finished" in one_error_line(capsys.readouterr().err)
+    wheel = tmp_path / "elpv_dataset-1.0-py3-none-any.whl"  # the user's own (broken) file: not to be deleted
+    wheel.write_text("not a zip")
+    assert lore_cli("demo", "--elpv", wheel, "--out", tmp_path / "demo") == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "replace it with a good copy" in line and "delete" not in line and wheel.exists()

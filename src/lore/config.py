@@ -17,6 +17,10 @@ from .errors import LoreError
 from .values import default_workers, typed
 
 
+# method names that are another method with options: one definition for sweep, paper, demo, bench
+METHOD_ALIASES = {"lore-no-kp": {"method": "lore", "kp": False}}
+
+
 def opt(default, help: str, choices=None, short=None):
     return field(default=default, metadata={"help": help, "choices": choices, "short": short})
 

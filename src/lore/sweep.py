@@ -43,7 +43,7 @@ EXECUTION_FIELDS = {"device", "workers", "save_every", "keep_last", "resume", "o
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 OPTION = re.compile(r"^([a-z][a-z0-9_-]*)=(.*)$")
 # sweep method names that are a method plus options
-METHOD_ALIASES = {"lore-no-kp": {"method": "lore", "kp": False}}
+METHOD_ALIASES = config_mod.METHOD_ALIASES
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ from ..errors import LoreError
 KNOWN_FILES = ("final.json", "results.json", "bench.json", "model_summary.json", "metrics.jsonl",
                "locality.json")
 # Row order of the results table: baselines first, LORE last (the paper's layout).
-METHOD_ORDER = ("b-b", "zeroshot", "linear", "full", "vpt-shallow", "vpt-deep", "coop",
-                "clip-adapter", "tip-adapter", "tip-adapter-f", "lore (w/o L_kp)", "lore")
+METHOD_ORDER = ("b-b", "zeroshot", "linear", "full", "vpt-shallow", "vpt-deep", "coop", "cocoop", "prograd",
+                "maple", "clip-adapter", "tip-adapter", "tip-adapter-f", "lore (w/o L_kp)", "lore")
 MAX_IMAGE_BYTES = 25 * 2**20  # a figure larger than this is listed, not inlined
 
 # --------------------------------------------------------------------------------------------

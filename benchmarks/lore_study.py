@@ -39,6 +39,7 @@ A larger grid on a GPU: ``--device cuda --amp bf16 --seeds 10 --elpv-size 224 --
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import math
@@ -288,10 +289,10 @@ def _same_run(stamp_text: str, cfg_text: str) -> bool:
 @torch.no_grad()
 def test_run(args, task: Task, run_dir: Path, test: list, val: list) -> dict:
     """Test accuracy and prompt statistics of a trained run (cached in study_test.json)."""
-    from lore import config as config_mod
     from lore.checkpoint import load_run
     from lore.distributed import DistInfo
     from lore.io import atomic_write_json
+    from lore.runs import saved_config
     from lore.train import Context, evaluate, run_data_config
 
     cache = run_dir / "study_test.json"
@@ -299,10 +300,10 @@ def test_run(args, task: Task, run_dir: Path, test: list, val: list) -> dict:
         return json.loads(cache.read_text())
     device = torch.device(args.device)
     model, _ = load_run(run_dir, device)
-    cfg = config_mod.make({**config_mod.load_yaml(str(run_dir / "config.yaml")), "resume": None})
+    cfg = saved_config(run_dir)
     ctx = Context(cfg, DistInfo(), device, run_dir, run_data_config(cfg, model.black_box))
     # eval mode: the batch size changes nothing but the speed
-    wide = Context(config_mod.make({**vars(cfg), "batch_size": 64}), ctx.info, device, run_dir, ctx.data_config)
+    wide = Context(dataclasses.replace(cfg, batch_size=64), ctx.info, device, run_dir, ctx.data_config)
     result = {"test_acc": evaluate(wide, model, test)["acc1"]}
     shots = json.loads((run_dir / "fewshot.json").read_text())
     train = list(zip(shots["files"], shots["labels"]))

@@ -90,9 +90,10 @@ def compare(model: torch.nn.Module, path: Path, img_size: int) -> float:
 
 def preprocessing(img_size: int, data_config: dict) -> dict:
     """What `lore eval` does to an image before the model, as plain numbers."""
-    crop_pct = data_config.get("crop_pct", 0.875) or 1.0
+    from .data.transforms import eval_resize
+
     return {"color": "RGB", "layout": "NCHW", "dtype": "float32",
-            "resize_shorter_side": math.floor(img_size / crop_pct),
+            "resize_shorter_side": eval_resize(img_size, data_config),
             "interpolation": data_config.get("interpolation", "bicubic"), "center_crop": img_size,
             "scale": 1 / 255, "mean": list(data_config["mean"]), "std": list(data_config["std"])}
 

@@ -156,8 +156,9 @@ def load_paper_dataset(name: str, root: str | Path, split_file: str | None = Non
     path = Path(root).expanduser()
     if not path.is_dir():
         raise LoreError(f"{name}: dataset folder {path} not found")
-    if dataset_dir(name, path).is_dir():  # given the folder above the dataset's (a data root)
-        path = dataset_dir(name, path)
+    below = dataset_dir(name, path)
+    if below.is_dir():  # given the folder above the dataset's (a data root)
+        path = below
     module, function = READERS[name].split(":")
     reader = getattr(importlib.import_module(f"{__package__}.{module}"), function)
     if split_file and name not in SPLIT_FILE_READERS:

@@ -30,11 +30,15 @@ def train_transform(img_size: int, data_config: dict, aug: str = "rrc-flip") -> 
     ])
 
 
+def eval_resize(img_size: int, data_config: dict) -> int:
+    """The shorter side the test images are resized to before the ``img_size`` center crop."""
+    return math.floor(img_size / (data_config.get("crop_pct", 0.875) or 1.0))
+
+
 def eval_transform(img_size: int, data_config: dict) -> T.Compose:
     """Resize (by the backbone's crop_pct) + center crop."""
-    crop_pct = data_config.get("crop_pct", 0.875) or 1.0
     return T.Compose([
-        T.Resize(math.floor(img_size / crop_pct), interpolation=_interp(data_config.get("interpolation", "bicubic"))),
+        T.Resize(eval_resize(img_size, data_config), interpolation=_interp(data_config.get("interpolation", "bicubic"))),
         T.CenterCrop(img_size),
         T.ToTensor(),
         T.Normalize(data_config["mean"], data_config["std"]),

@@ -41,8 +41,9 @@ class TrainConfig:
                               "dogs, flowers, cars, eurosat, ucf101, resisc45, patternnet): --data is then "
                               "its folder as distributed (--format ignored); LORE's template defaults to its own")
     format: str = opt("imagefolder", "dataset format (vtab: a VTAB-1k task folder, train800val200 / test; "
-                      "vtab-tune: train800 / val200)", ["imagefolder", "vpt-json", "coop-split", "csv", "vtab",
-                                                         "vtab-tune"])
+                      "vtab-tune: train800 / val200; fgvc: an FGVC folder with VPT's train/val/test.json; "
+                      "fgvc-tune: train.json / val.json)",
+                      ["imagefolder", "vpt-json", "coop-split", "csv", "vtab", "vtab-tune", "fgvc", "fgvc-tune"])
     classnames: str | None = opt(None, "file with one class name per line (or JSON list)")
     image_dir: str | None = opt(None, "directory the dataset's relative image paths start from")
     holdout: float = opt(0.2, "test fraction for an ImageFolder without train/test folders")
@@ -81,6 +82,9 @@ class TrainConfig:
     val_every: int = opt(0, "evaluate on the val split every N epochs (0: never)")
     warmup_epochs: int = opt(0, "epochs at the constant --warmup-lr before the cosine schedule (CoOp-style)")
     warmup_lr: float = opt(1e-5, "learning rate during the warm-up epochs")
+    warmup: str = opt("constant", "warm-up form: constant --warmup-lr, the cosine then keeping its full "
+                      "length (CoOp); or linear from 0 to --lr, the cosine spanning the remaining epochs (VPT)",
+                      ["constant", "linear"])
     # execution
     device: str = opt("auto", "cpu | cuda | cuda:N | auto")
     workers: int = opt(default_workers(), "data-loading worker processes (at most the machine's cores)")

@@ -97,11 +97,11 @@ def main(args: argparse.Namespace) -> dict:
     for flag in ("methods", "datasets", "shots"):
         if not getattr(args, flag):
             raise LoreError(f"lore sweep: --{flag} is required")
-    methods = _split(args.methods, str, "--methods")
+    methods = split_values(args.methods, str, "--methods")
     check_methods(methods)
     datasets = parse_datasets(args.datasets)
-    shots = _split(args.shots, int, "--shots")
-    seeds = _split(args.seeds, int, "--seeds")
+    shots = split_values(args.shots, int, "--shots")
+    seeds = split_values(args.seeds, int, "--seeds")
     if min(shots) < 1:
         raise LoreError(f"--shots must all be >= 1, got {shots}")
     base = dict(config_mod.load_yaml(args.config)) if getattr(args, "config", None) else {}
@@ -110,7 +110,7 @@ def main(args: argparse.Namespace) -> dict:
     return run_sweep(Path(args.out), methods, datasets, shots, seeds, base)
 
 
-def _split(text: str, cast, flag: str) -> list:
+def split_values(text: str, cast, flag: str) -> list:
     items = [s.strip() for s in text.split(",") if s.strip()]
     if not items:
         raise LoreError(f"{flag}: empty list")
@@ -141,7 +141,7 @@ def parse_datasets(text: str) -> list[Dataset]:
 
     known = {f.name for f in fields(TrainConfig)} - GRID_FIELDS
     out: list[Dataset] = []
-    for item in _split(text, str, "--datasets"):
+    for item in split_values(text, str, "--datasets"):
         name, sep, rest = item.partition("=")
         if not sep or not rest:
             raise LoreError(f"--datasets: expected NAME=PATH[:FORMAT][:OPTION=VALUE], got {item!r}")

@@ -371,6 +371,26 @@ def _cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * step / max(total, 1)))
 
 
+def learning_rate(cfg: TrainConfig, lr: float, epoch: int, global_step: int, steps_per_epoch: int,
+                  epochs: int, warm: int) -> float:
+    """The learning rate of one step: ``warm`` warm-up epochs, then the cosine from ``lr`` to --min-lr.
+
+    ``--warmup constant`` (CoOp / Dassl): --warmup-lr during the warm-up, then a cosine that keeps its
+    full length (Dassl's WARMUP_RECOUNT), so it never reaches its end. ``--warmup linear`` (VPT's
+    WarmupCosineSchedule): from 0 up to ``lr``, the cosine spanning the remaining epochs."""
+    per_epoch = cfg.lr_schedule == "epoch"  # the reference steps its cosine schedule once per epoch
+    now = epoch if per_epoch else global_step
+    warm_len = warm if per_epoch else warm * steps_per_epoch
+    total = epochs if per_epoch else epochs * steps_per_epoch
+    if cfg.warmup == "linear":
+        if now < warm_len:
+            return lr * now / warm_len
+        return _cosine_lr(now - warm_len, total - warm_len, lr, cfg.min_lr)
+    if global_step < steps_per_epoch * warm:
+        return cfg.warmup_lr
+    return _cosine_lr(max(now - warm_len, 0), total, lr, cfg.min_lr)
+
+
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     # on a CPU only an explicit --amp bf16 (fast where the CPU has AMX / AVX512-BF16 units)
     if cfg.amp == "none" or (device.type != "cuda" and cfg.amp != "bf16"):
@@ -460,16 +480,8 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
         for images, targets, index in bar:
             step = counters["step"]
             global_batch = sampler.global_batch(step)
-            # a constant warm-up as in CoOp (Dassl); the cosine then starts from its top and keeps its
-            # full length (Dassl's WARMUP_RECOUNT), so it never reaches its end
-            warm = 0 if stage == "h" else cfg.warmup_epochs
-            if cfg.lr_schedule == "epoch":  # the reference steps its cosine schedule once per epoch
-                cur_lr = _cosine_lr(max(epoch - warm, 0), epochs, lr, cfg.min_lr)
-            else:
-                after_warmup = max(counters["global_step"] - steps_per_epoch * warm, 0)
-                cur_lr = _cosine_lr(after_warmup, total, lr, cfg.min_lr)
-            if counters["global_step"] < steps_per_epoch * warm:
-                cur_lr = cfg.warmup_lr
+            cur_lr = learning_rate(cfg, lr, epoch, counters["global_step"], steps_per_epoch, epochs,
+                                   0 if stage == "h" else cfg.warmup_epochs)
             for g in optimizer.param_groups:
                 g["lr"] = cur_lr
             if cfg.bn_mode == "freeze" and counters["global_step"] == cfg.bn_freeze_steps:

@@ -22,7 +22,7 @@ from ..errors import LoreError
 from ..io import inside_root, read_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-FORMATS = ("imagefolder", "vpt-json", "coop-split", "csv", "vtab", "vtab-tune")
+FORMATS = ("imagefolder", "vpt-json", "coop-split", "csv", "vtab", "vtab-tune", "fgvc", "fgvc-tune")
 SPLITS = ("train", "val", "test")
 
 Sample = tuple[str, int]
@@ -55,6 +55,9 @@ def load_dataset(root: str, fmt: str = "imagefolder", classnames_file: str | Non
     if fmt.startswith("vtab"):  # its own room: VTAB-1k's split lists
         from .vtab import load_vtab
         data = load_vtab(path, fmt)
+    elif fmt.startswith("fgvc"):  # VPT's FGVC split files
+        from .fgvc import load_fgvc
+        data = load_fgvc(path, fmt)
     else:
         reader = {"imagefolder": _imagefolder, "vpt-json": _vpt_json, "coop-split": _coop_split,
                   "csv": _csv}[fmt]

@@ -6,8 +6,10 @@ one ``relative/path label`` per line, paths relative to the task folder.
 ``--format vtab``: the final protocol, train800val200 as the training pool (val200 its val part),
 test.txt as the test set. ``--format vtab-tune``: the tuning protocol, train800 to train, val200 as
 the test set (VPT picks learning rate and weight decay this way, then trains on train800val200).
-VTAB tasks have numeric labels; the class count comes from the task (its folder name) where it is
-one of the 19, else from the labels listed.
+The class count comes from the task (its folder name) where it is one of the 19, else from the
+labels listed. Class names: the tasks whose labels follow a class list lore has (TFDS orders them
+as the official lists: CIFAR-100, DTD, Flowers102, EuroSAT, RESISC45; SVHN's digits); the others
+(counts, distances, angles, positions, grades) are numeric, "class 3".
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ ALIASES = {"cifar100": "cifar", "flowers102": "oxford_flowers102", "oxford_pet":
            "clevr_count_all": "clevr_count", "clevr_closest_object_distance": "clevr_dist",
            "kitti_distance": "kitti", "dsprites_location": "dsprites_loc", "dsprites_orientation": "dsprites_ori",
            "smallnorb_azimuth": "smallnorb_azi", "smallnorb_elevation": "smallnorb_ele"}
+# tasks whose TFDS label order is that of one of lore's class lists (lore.data.catalog)
+NAMED_BY = {"cifar": "cifar100", "dtd": "dtd", "oxford_flowers102": "flowers", "eurosat": "eurosat",
+            "resisc45": "resisc45"}
 LISTS = {"vtab": {"train": "train800val200.txt", "val": "val200.txt", "test": "test.txt"},
          "vtab-tune": {"train": "train800.txt", "test": "val200.txt"}}
 
@@ -71,5 +76,14 @@ def load_vtab(root: Path, protocol: str = "vtab") -> Splits:
                 raise LoreError(f"{root / LISTS[protocol][split]}, line {number}: label {y} but "
                                 f"{task or 'the task'} has {num_classes} classes")
         splits[split] = [(str(p), y) for p, y, _ in rows]
-    names = [f"class {i}" for i in range(num_classes)]
-    return Splits(names, splits, split=f"VTAB-1k {' / '.join(LISTS[protocol].values())}")
+    return Splits(class_names(task, num_classes), splits, split=f"VTAB-1k {' / '.join(LISTS[protocol].values())}")
+
+
+def class_names(task: str | None, num_classes: int) -> list[str]:
+    if task in NAMED_BY:
+        from .catalog import classnames
+
+        return classnames(NAMED_BY[task])
+    if task == "svhn":
+        return [f"digit {i}" for i in range(10)]
+    return [f"class {i}" for i in range(num_classes)]

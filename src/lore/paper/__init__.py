@@ -15,7 +15,7 @@ from pathlib import Path
 from .. import config as config_mod
 from ..config import TrainConfig
 from ..errors import LoreError
-from ..sweep import GRID_FIELDS, _split
+from ..sweep import GRID_FIELDS, split_values
 
 # set per cell by the table (the grid, the recipe, the dataset as distributed) rather than by a flag
 PAPER_FIELDS = GRID_FIELDS | {"recipe", "dataset", "curriculum", "classnames", "image_dir", "holdout"}
@@ -24,11 +24,14 @@ PAPER_FIELDS = GRID_FIELDS | {"recipe", "dataset", "curriculum", "classnames", "
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .tables import TABLES
 
-    parser.add_argument("table", choices=list(TABLES), help="the paper's table to reproduce")
+    parser.add_argument("table", choices=list(TABLES) + ["vtab", "fgvc"],
+                        help="the paper's table to reproduce, or vtab / fgvc: LORE against VPT on VTAB-1k or "
+                             "the FGVC group with VPT's protocol and published numbers")
     parser.add_argument("--data-root", required=True, help="folder holding one folder per dataset "
                         "(as `lore data` expects them); table4 also revisitop/, SPair-71k/, DAVIS/")
     parser.add_argument("--out", required=True, help="output folder (runs/, table.md, table.csv)")
-    parser.add_argument("--seeds", default="1993", help="comma-separated seeds (default: 1993, the reference's)")
+    parser.add_argument("--seeds", help="comma-separated seeds (default: 1993, the reference's; vtab / fgvc: "
+                        "VPT's 42,44,82,100,800)")
     parser.add_argument("--methods", help="comma-separated: only these methods of the table")
     parser.add_argument("--datasets", help="comma-separated: only these datasets of the table")
     parser.add_argument("--shots", help="comma-separated: only these shot columns of the table (e.g. 16)")
@@ -38,6 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bench", help="with --plan: also estimate from this `lore bench` result (bench.json)")
     parser.add_argument("--no-measure", dest="measure", action="store_false",
                         help="with --plan: skip the short measured step on this machine")
+    petl = parser.add_argument_group("vtab / fgvc only")
+    petl.add_argument("--lrs", help="comma-separated VPT base learning rates to tune over (default: VPT's "
+                      "grid for the method; the rate used is lr / 256 x batch)")
+    petl.add_argument("--wds", help="comma-separated weight decays to tune over (default: VPT's 0.01,0.001,"
+                      "0.0001,0)")
+    petl.add_argument("--unnamed-classes", choices=["learned", "sentence"], default="learned",
+                      help="LORE's class knowledge on tasks whose classes have no names (VTAB counts, "
+                           "distances, angles; NABirds): a class-embedding matrix learned with the White "
+                           "Box (learned:512, default) or the knowledge encoder on 'class 3' sentences")
     group = parser.add_argument_group("training options for every run (win over the recipe; e.g. "
                                       "--backbone + --backbone-args + --no-pretrained for a smoke test)")
     config_mod.add_arguments(group, skip=PAPER_FIELDS)
@@ -54,11 +66,16 @@ def main(args: argparse.Namespace) -> dict:
     from .runner import measured_rows, narrow, run_grid, write_outputs
     from .tables import get_table
 
+    if args.table in ("vtab", "fgvc"):
+        return _petl(args)
+    for flag in ("lrs", "wds"):
+        if getattr(args, flag):
+            raise LoreError(f"--{flag} is read by lore paper vtab / fgvc only")
     table = get_table(args.table)
-    seeds = _split(args.seeds, int, "--seeds")
-    methods = _split(args.methods, str, "--methods") if args.methods else None
-    datasets = _split(args.datasets, str, "--datasets") if args.datasets else None
-    shots = _split(args.shots, int, "--shots") if args.shots else None
+    seeds = split_values(args.seeds or "1993", int, "--seeds")
+    methods = split_values(args.methods, str, "--methods") if args.methods else None
+    datasets = split_values(args.datasets, str, "--datasets") if args.datasets else None
+    shots = split_values(args.shots, int, "--shots") if args.shots else None
     grid = narrow(table, seeds, methods, datasets, shots)
     root, out = Path(args.data_root).expanduser(), Path(args.out)
     if not root.is_dir():
@@ -85,3 +102,16 @@ def main(args: argparse.Namespace) -> dict:
         raise LoreError(f"{len(failed)} of {len(results)} runs failed (first: {' / '.join(map(str, failed[0]))}: "
                         f"{results[failed[0]]['error']}); see {out / 'table.json'}")
     return {"rows": len(rows), "runs": len(results)}
+
+
+def _petl(args: argparse.Namespace) -> dict:
+    from .petl import main as petl_main
+
+    root = Path(args.data_root).expanduser()
+    if not root.is_dir():
+        raise LoreError(f"--data-root {root}: no such folder")
+    if args.bench and not args.plan:
+        raise LoreError("--bench is read by --plan only")
+    if args.shots_cap is not None and args.shots_cap < 1:
+        raise LoreError(f"--shots-cap must be >= 1, got {args.shots_cap}")
+    return petl_main(args, base_options(args))

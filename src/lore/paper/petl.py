@@ -1,0 +1,429 @@
+"""``lore paper vtab`` / ``lore paper fgvc``: LORE against VPT on the parameter-efficient tuning
+community's benchmarks, with VPT's protocol and VPT's published numbers beside the measured ones.
+
+The protocol (``petl.yaml``, from VPT's own tuning scripts), per method and task:
+
+1. tune: every (learning rate, weight decay) of the method's grid trains once (first seed) on the
+   tuning split and is scored on its validation split (VTAB-1k train800 -> val200; FGVC
+   train.json -> val.json). A run that fails (e.g. diverges at a large rate) is out of the choice.
+2. choose: the best validation top-1; ties go to the smaller learning rate (VPT's rule).
+3. final: the chosen pair trains once per seed on the final split (VTAB-1k train800val200 -> test;
+   FGVC train.json -> test.json); the cell is the mean test top-1 over seeds.
+
+Every run is an ordinary ``lore train`` run directory, ``OUT/runs/<benchmark>/<task>/<method>/
+tune/lr<L>_wd<W>/seed<S>`` and ``.../final/lr<L>_wd<W>/seed<S>``, run through the sweep's cell runner: a
+finished run is reused, an interrupted one resumes, a run made with other options is refused before
+anything is written. A task missing under ``--data-root`` leaves its cells "not run: PATH not found".
+``OUT/table.md`` / ``table.csv`` / ``table.json`` hold methods x tasks, the group means, and VPT's
+published numbers (``published_vpt.yaml``) beside each measured cell; ``table.json`` also records
+every tuning run and the chosen pair.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import sys
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from ..errors import LoreError
+from ..io import atomic_write_json, atomic_write_text
+from ..sweep import Cell, Dataset, refuse_changed_recipes, run_cell
+from .runner import Value, mean_of
+
+HERE = Path(__file__).parent
+BENCHMARKS = ("vtab", "fgvc")
+# a task's classes without names get this class knowledge (--unnamed-classes)
+UNNAMED_KNOWLEDGE = {"learned": "learned:512", "sentence": None}
+
+
+@cache
+def protocol() -> dict:
+    return yaml.safe_load((HERE / "petl.yaml").read_text(encoding="utf-8"))
+
+
+@cache
+def published() -> dict:
+    return yaml.safe_load((HERE / "published_vpt.yaml").read_text(encoding="utf-8"))
+
+
+def groups(bench: str) -> dict[str, tuple[str, ...]]:
+    """group -> tasks in VPT's column order (VTAB-1k: natural, specialized, structured; FGVC: one)."""
+    return {g: tuple(tasks) for g, tasks in published()[bench]["groups"].items()}
+
+
+def tasks(bench: str) -> tuple[str, ...]:
+    return tuple(t for members in groups(bench).values() for t in members)
+
+
+def find_task(bench: str, task: str, data_root: Path) -> Path | None:
+    """The task's folder under the data root, by any name the PETL repositories give it."""
+    if bench == "fgvc":
+        from ..data.fgvc import find
+
+        return find(task, data_root)
+    from ..data.vtab import ALIASES
+
+    names = [task] + [alias for alias, name in ALIASES.items() if name == task]
+    found = [data_root / n for n in names if (data_root / n).is_dir()]
+    if len(found) > 1:
+        raise LoreError(f"--data-root {data_root}: both {found[0].name}/ and {found[1].name}/ hold the "
+                        f"VTAB-1k task {task}; keep one")
+    return found[0] if found else None
+
+
+def has_class_names(bench: str, task: str) -> bool:
+    if bench == "fgvc":
+        return task != "nabirds"  # its image folders are numbered
+    from ..data.vtab import NAMED_BY
+
+    return task in NAMED_BY or task == "svhn"
+
+
+def lr_wd_grid(bench: str, method: str, lrs: list[float] | None = None,
+               wds: list[float] | None = None) -> list[tuple[float, float]]:
+    """(VPT base learning rate, weight decay) pairs a method is tuned over."""
+    family = protocol()["method_grid"].get(method, "prompt")
+    grid = protocol()["benchmarks"][bench]["grids"][family]
+    return [(lr, wd) for lr in (lrs or grid["lr"]) for wd in (wds or grid["wd"])]
+
+
+@dataclass(frozen=True)
+class Run(Cell):
+    """One run of the protocol: a tuning pair (``stage`` tune) or a final seed."""
+    stage: str = "final"
+    lr: float = 0.0
+    wd: float = 0.0
+
+    def run_dir(self, out: Path) -> Path:
+        # the chosen pair names the final folder too: a new choice trains new runs, never mixes them
+        return out / self.dataset.name / self.method / self.stage / f"lr{self.lr:g}_wd{self.wd:g}" / f"seed{self.seed}"
+
+    def label(self) -> str:
+        pair = f"lr {self.lr:g}, wd {self.wd:g}"
+        return f"{self.method} / {self.dataset.name} / {self.stage} {pair} / seed {self.seed}"
+
+
+@dataclass
+class Plan:
+    """What the grid is: benchmark, methods, tasks (with their folders or why not), seeds, grid."""
+    bench: str
+    methods: list[str]
+    tasks: list[str]
+    seeds: list[int]
+    folders: dict[str, Path | None]
+    lrs: list[float] | None = None
+    wds: list[float] | None = None
+    shots_cap: int | None = None
+    unnamed: str = "learned"
+    root: Path = Path(".")
+
+
+def run_options(plan: Plan, base: dict, task: str, method: str, stage: str, lr: float, wd: float) -> tuple:
+    """A run's own options: the protocol's schedule < the benchmark's < the user's flags < this run's."""
+    p = protocol()
+    batch = base.get("batch_size", p["schedule"]["batch_size"])
+    options = {"format": p["benchmarks"][plan.bench]["formats"][stage],
+               "lr": lr / p["lr_reference_batch"] * batch, "wd": wd}
+    if method.startswith("lore") and not has_class_names(plan.bench, task):
+        knowledge = UNNAMED_KNOWLEDGE[plan.unnamed]
+        if knowledge and "knowledge" not in base:
+            options["knowledge"] = knowledge
+    return tuple(sorted(options.items()))
+
+
+def protocol_base(plan: Plan, base: dict) -> dict:
+    p = protocol()
+    return {"backbone": p["backbone"], **p["schedule"], **p["benchmarks"][plan.bench]["options"], **base}
+
+
+def make_run(plan: Plan, base: dict, task: str, method: str, stage: str, seed: int, lr: float,
+             wd: float) -> Run:
+    options = dict(run_options(plan, base, task, method, stage, lr, wd))
+    fmt = options.pop("format")
+    dataset = Dataset(task, str(plan.folders[task]), fmt, tuple(sorted(options.items())))
+    return Run(dataset, method, plan.shots_cap or 0, seed, stage, lr, wd)
+
+
+def tune_runs(plan: Plan, base: dict, task: str, method: str) -> list[Run]:
+    return [make_run(plan, base, task, method, "tune", plan.seeds[0], lr, wd)
+            for lr, wd in lr_wd_grid(plan.bench, method, plan.lrs, plan.wds)]
+
+
+def choose(tuned: list[tuple[Run, dict]]) -> tuple[float, float] | None:
+    """The pair with the best validation top-1; ties: the smaller learning rate, then the larger wd."""
+    done = [(r["final"]["test_acc1"], -run.lr, run.wd, run) for run, r in tuned if r["status"] == "done"]
+    if not done:
+        return None
+    best = max(done, key=lambda t: t[:3])[3]
+    return best.lr, best.wd
+
+
+# ---------------------------------------------------------------------------------------------
+# running the grid
+
+
+def _attempt(run: Run, out: Path, values: dict, prefix: str) -> dict:
+    """One run through the sweep's cell runner; a failure is recorded, never raised."""
+    try:
+        final, how = run_cell(run, out, values)
+        print(f"{prefix} {how}, top-1 {100 * final['test_acc1']:.2f}", file=sys.stderr)
+        return {"status": "done", "final": final}
+    except Exception as e:  # noqa: BLE001 - a diverged pair or a broken task must not end the grid
+        error = (str(e).strip() or type(e).__name__).splitlines()[0]
+        print(f"{prefix} FAILED: {error}", file=sys.stderr)
+        return {"status": "failed", "error": error}
+
+
+def run_plan(plan: Plan, out: Path, base: dict) -> dict[tuple[str, str], dict]:
+    """{(method, task): {"tuned": [...], "chosen": (lr, wd) | None, "finals": [...], "missing": str}}."""
+    runs_dir = out / "runs" / plan.bench
+    values = protocol_base(plan, base)
+    present = [t for t in plan.tasks if plan.folders[t] is not None]
+    # tuning runs and the final runs of an earlier choice: refused here if made with other options
+    refuse_changed_recipes([(run, runs_dir, values, {}) for t in present for m in plan.methods
+                            for run in tune_runs(plan, base, t, m)])
+    results: dict[tuple[str, str], dict] = {}
+    pairs = [(m, t) for t in plan.tasks for m in plan.methods]
+    for i, (method, task) in enumerate(pairs, 1):
+        head = f"[{i}/{len(pairs)}] {plan.bench} / {task} / {method}:"
+        if plan.folders[task] is None:
+            results[(method, task)] = {"missing": f"not run: {plan.root / task} not found"}
+            print(f"{head} {results[(method, task)]['missing']}", file=sys.stderr)
+            continue
+        results[(method, task)] = _method_task(plan, base, values, runs_dir, method, task, head)
+    return results
+
+
+def _method_task(plan: Plan, base: dict, values: dict, runs_dir: Path, method: str, task: str,
+                 head: str) -> dict:
+    tuned = [(run, _attempt(run, runs_dir, values, f"{head} tune lr {run.lr:g} wd {run.wd:g}:"))
+             for run in tune_runs(plan, base, task, method)]
+    chosen = choose(tuned)
+    entry = {"tuned": [{"lr": run.lr, "wd": run.wd, "status": r["status"], "error": r.get("error"),
+                        "val_acc1": (r.get("final") or {}).get("test_acc1")} for run, r in tuned],
+             "chosen": chosen, "finals": []}
+    if chosen is None:
+        entry["error"] = "no (lr, wd) pair of the tuning grid trained"
+        return entry
+    finals = [make_run(plan, base, task, method, "final", seed, *chosen) for seed in plan.seeds]
+    refuse_changed_recipes([(run, runs_dir, values, {}) for run in finals])
+    for run in finals:
+        r = _attempt(run, runs_dir, values, f"{head} final lr {chosen[0]:g} wd {chosen[1]:g} seed {run.seed}:")
+        entry["finals"].append({"seed": run.seed, "status": r["status"], "error": r.get("error"),
+                                "test_acc1": (r.get("final") or {}).get("test_acc1")})
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+
+
+def cell_value(entry: dict) -> Value:
+    """Mean test top-1 (%) over the final seeds, or why there is none."""
+    if "missing" in entry:
+        return Value(note=entry["missing"])
+    done = [100.0 * f["test_acc1"] for f in entry["finals"] if f["status"] == "done"]
+    if not done:
+        first = next((f for f in entry["finals"] if f["status"] != "done"), None)
+        return Value(note=f"failed: {first['error'] if first else entry.get('error', 'no run')}")
+    n = len(entry["finals"])
+    return Value(statistics.fmean(done), "" if len(done) == n else f"{len(done)}/{n} seeds")
+
+
+def table_rows(plan: Plan, results: dict) -> list[dict]:
+    """One row per method: {task or group: Value} and the published row (VPT's methods)."""
+    pub = {r["method"]: r for r in published()[plan.bench]["rows"]}
+    rows = []
+    for method in plan.methods:
+        values = {t: cell_value(results[(method, t)]) for t in plan.tasks}
+        for group, members in groups(plan.bench).items():
+            measured = [values[t] for t in members if t in values and values[t].value is not None]
+            if measured:  # a partial group says over how many of its tasks, and is not compared
+                values[group] = mean_of(measured)
+                if len(measured) < len(members):
+                    values[group].note = f"over {len(measured)} of {len(members)}"
+            elif any(t in values for t in members):
+                values[group] = Value(note="no task measured")
+        rows.append({"method": method, "values": values, "published": pub.get(method, {})})
+    return rows
+
+
+def _text(v: Value, published_value: float | None) -> str:
+    pub = "" if published_value is None else f" / {published_value:.2f}"
+    if v.value is None:
+        return (v.note or "—") + pub
+    partial = v.note.startswith("over ")
+    diff = f" ({v.value - published_value:+.2f})" if published_value is not None and not partial else ""
+    return f"{v.value:.2f}{pub}{diff}" + (f" [{v.note}]" if v.note else "")
+
+
+def render_markdown(plan: Plan, rows: list[dict], results: dict) -> str:
+    columns = list(plan.tasks) + [g for g in groups(plan.bench) if any(g in r["values"] for r in rows)]
+    spec = published()
+    lines = [f"# {plan.bench}: {spec[plan.bench]['caption']}", "",
+             f"Each cell: measured (mean test top-1 over seeds {', '.join(map(str, plan.seeds))}) / "
+             f"published (difference). Published: {spec['source']}.", "",
+             "Protocol: VPT's (lore/paper/petl.yaml): learning rate and weight decay picked on the tuning "
+             "split, then trained per seed on the final split.", "",
+             "| Method | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for r in rows:
+        lines.append(f"| {r['method']} | " + " | ".join(_text(r["values"].get(c, Value()), r["published"].get(c))
+                                                    for c in columns) + " |")
+    unmeasured = [r for r in spec[plan.bench]["rows"] if r["method"] not in plan.methods]
+    for r in unmeasured:  # VPT's rows not in this grid, for reference
+        lines.append(f"| {r['paper_row']} (published) | " + " | ".join(
+            "" if r.get(c) is None else f"{r[c]:.2f}" for c in columns) + " |")
+    lines += ["", "Chosen (lr, wd) per method and task (VPT base learning rate; the rate used is "
+              "lr / 256 x batch):", ""]
+    for (method, task), entry in results.items():
+        if entry.get("chosen"):
+            lines.append(f"- {method} / {task}: lr {entry['chosen'][0]:g}, wd {entry['chosen'][1]:g}")
+    return "\n".join(lines) + "\n"
+
+
+def records(plan: Plan, rows: list[dict]) -> list[dict]:
+    out = []
+    for r in rows:
+        for column, v in r["values"].items():
+            pub = r["published"].get(column)
+            out.append({"benchmark": plan.bench, "method": r["method"], "column": column,
+                        "measured": v.value, "published": pub,
+                        "difference": None if v.value is None or pub is None or v.note else v.value - pub,
+                        "status": "measured" if v.value is not None else (v.note or "not measured")})
+    return out
+
+
+def write_outputs(plan: Plan, rows: list[dict], results: dict, out: Path) -> None:
+    import csv
+    import io
+
+    recs = records(plan, rows)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(recs[0]) if recs else ["benchmark"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(recs)
+    atomic_write_text(out / "table.csv", buf.getvalue())
+    atomic_write_text(out / "table.md", render_markdown(plan, rows, results))
+    atomic_write_json(out / "table.json", {
+        "benchmark": plan.bench, "seeds": plan.seeds, "records": recs,
+        "runs": [{"method": m, "task": t, **entry} for (m, t), entry in results.items()]})
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+
+
+def make_plan(bench: str, data_root: Path, seeds: list[int] | None, methods: list[str] | None,
+              task_names: list[str] | None, **extra) -> Plan:
+    offered = tasks(bench)
+    allowed = set(protocol()["method_grid"])
+    for flag, asked, known in (("--datasets", task_names, offered), ("--methods", methods, allowed)):
+        unknown = [v for v in asked or [] if v not in known]
+        if unknown:
+            raise LoreError(f"lore paper {bench}: {flag} {', '.join(unknown)} not in this benchmark "
+                            f"(it has: {', '.join(sorted(known))})")
+    chosen = [t for t in offered if not task_names or t in task_names]
+    folders = {t: find_task(bench, t, data_root) for t in chosen}
+    return Plan(bench, list(methods or protocol()["methods"]), chosen, list(seeds or protocol()["seeds"]),
+                folders, root=data_root, **extra)
+
+
+def check_base(base: dict) -> None:
+    for key in ("lr", "wd"):
+        if key in base:  # the protocol picks them; a fixed value would make the tuning meaningless
+            raise LoreError(f"--{key}: lore paper vtab / fgvc picks the learning rate and weight decay on "
+                            "the validation split; set the grid with --lrs / --wds instead")
+
+
+def main(args, base: dict) -> dict:
+    from ..sweep import split_values
+
+    check_base(base)
+    bench, root, out = args.table, Path(args.data_root).expanduser(), Path(args.out)
+    if args.shots:
+        raise LoreError(f"--shots: lore paper {bench} trains on all of each task's training images "
+                        "(--shots-cap N caps them for smoke runs)")
+    extra = {"lrs": split_values(args.lrs, float, "--lrs") if args.lrs else None,
+             "wds": split_values(args.wds, float, "--wds") if args.wds else None,
+             "shots_cap": args.shots_cap, "unnamed": args.unnamed_classes}
+    plan = make_plan(bench, root, split_values(args.seeds, int, "--seeds") if args.seeds else None,
+                     split_values(args.methods, str, "--methods") if args.methods else None,
+                     split_values(args.datasets, str, "--datasets") if args.datasets else None, **extra)
+    if args.plan:
+        return print_plan(plan, base, args.bench, args.measure)
+    out.mkdir(parents=True, exist_ok=True)
+    results = run_plan(plan, out, base)
+    rows = table_rows(plan, results)
+    write_outputs(plan, rows, results, out)
+    print((out / "table.md").read_text(encoding="utf-8"))
+    failed = [k for k, e in results.items() if "missing" not in e and cell_value(e).value is None]
+    if failed:
+        raise LoreError(f"{len(failed)} of {len(results)} cells have no result (first: {' / '.join(failed[0])}: "
+                        f"{cell_value(results[failed[0]]).note}); see {out / 'table.json'}")
+    return {"cells": len(results)}
+
+
+def _split_sizes(plan: Plan, task: str) -> dict[str, int]:
+    """Images per split of a found task, read from its lists (0 where a list is absent)."""
+    import json
+
+    folder = plan.folders[task]
+    if plan.bench == "vtab":
+        names = {"tune_train": "train800.txt", "tune_val": "val200.txt", "train": "train800val200.txt",
+                 "test": "test.txt"}
+        count = lambda f: sum(1 for line in f.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip())  # noqa: E731
+    else:
+        names = {"tune_train": "train.json", "tune_val": "val.json", "train": "train.json", "test": "test.json"}
+        count = lambda f: len(json.loads(f.read_text(encoding="utf-8")))  # noqa: E731
+    sizes = {}
+    for key, name in names.items():
+        try:
+            sizes[key] = count(folder / name)
+        except (OSError, ValueError):
+            sizes[key] = 0
+    return sizes
+
+
+def print_plan(plan: Plan, base: dict, bench_file: str | None, measure: bool) -> dict:
+    """The grid and its cost: images per run from the task's own lists, rates as `lore paper --plan`."""
+    from .plan import BENCH_PROXY, bench_rates, measure_rates
+
+    values = protocol_base(plan, base)
+    epochs = values["epochs"]
+    lines = [f"lore paper {plan.bench}: {published()[plan.bench]['caption']}"]
+    lines += [f"  {t:22s} {plan.folders[t] or 'MISSING'}" for t in plan.tasks]
+    images = {m: 0 for m in plan.methods}
+    runs = 0
+    for t in plan.tasks:
+        if plan.folders[t] is None:
+            continue
+        n = _split_sizes(plan, t)
+        for m in plan.methods:
+            grid = len(lr_wd_grid(plan.bench, m, plan.lrs, plan.wds))
+            runs += grid + len(plan.seeds)
+            images[m] += grid * (n["tune_train"] * epochs + n["tune_val"]) + \
+                len(plan.seeds) * (n["train"] * epochs + n["test"])
+    lines.append(f"methods: {', '.join(plan.methods)}; seeds: {', '.join(map(str, plan.seeds))}; "
+                 f"{epochs} epochs per run")
+    lines.append(f"total: {runs} runs (tuning grid + final seeds on the found tasks), "
+                 f"{sum(images.values()):,} images to process")
+    sources = {f"--bench {bench_file}": bench_rates(bench_file)} if bench_file else {}
+    if measure:
+        backbone = values["backbone"]
+        sources[f"measured here ({backbone})"] = measure_rates(backbone, values)
+    seconds = {}
+    for name, rates in sources.items():
+        total = 0.0
+        for m, count in images.items():
+            rate = (rates.get(BENCH_PROXY.get(m.replace("-no-kp", ""), "lore")) or rates.get("lore") or {})
+            total += count / rate["train_images_per_s"] if rate.get("train_images_per_s") else 0.0
+        seconds[name] = total
+        lines.append(f"estimate from {name}: {total / 3600:.1f} h ({total / 86400:.2f} days)")
+    text = "\n".join(lines)
+    print(text)
+    return {"runs": runs, "images": images, "estimate_seconds": seconds, "text": text}

@@ -122,13 +122,17 @@ def test_published_vpt_numbers_match_the_papers_group_means():
 @pytest.fixture(scope="module")
 def vtab_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("vtab-root")
-    write_vtab_task(root / "dsprites_loc", 16, train=1)
-    write_vtab_task(root / "smallnorb_ele", 9, train=1)
+    # the whole specialized group (some under the longer names other repositories use), two
+    # structured tasks, and clevr_count missing
+    for folder, classes in (("patch_camelyon", 2), ("eurosat", 10), ("resisc45", 45), ("retinopathy", 5),
+                            ("dsprites_loc", 16), ("smallnorb_elevation", 9)):
+        write_vtab_task(root / folder, classes, train=1)
     out = root.parent / "vtab-out"
     argv = ["paper", "vtab", "--data-root", root, "--out", out, "--methods", "linear,lore",
-            "--datasets", "dsprites_loc,smallnorb_ele,clevr_count", "--seeds", "1,2", "--lrs", "0.5,2",
+            "--datasets", "patch_camelyon,eurosat,resisc45,diabetic_retinopathy,dsprites_loc,smallnorb_ele,"
+            "clevr_count", "--seeds", "1,2", "--lrs", "0.5,2",
             "--wds", "0", "--epochs", "1", "--batch-size", "4", *TINY_BACKBONE, "--device", "cpu",
-            "--global-prompts", "2"]
+            "--global-prompts", "2", "--knowledge", "ngram:32"]
     code = lore_cli(*argv)
     return root, out, argv, code
 
@@ -150,6 +154,8 @@ def test_vtab_grid_tunes_then_trains_each_seed(vtab_run):
     # VPT's schedule, the chosen pair as the rate used (base / 256 x batch), the final split
     assert config["format"] == "vtab" and config["warmup"] == "linear" and config["lr"] == lr / 256 * 4
     assert config["knowledge"] == "learned:512"  # dsprites positions have no class names
+    named = out / "runs" / "vtab" / "eurosat" / "lore" / "tune" / "lr0.5_wd0" / "seed1" / "config.yaml"
+    assert "knowledge: ngram:32" in named.read_text()  # --knowledge serves the named tasks
     tune_dir = out / "runs" / "vtab" / "dsprites_loc" / "lore" / "tune" / "lr0.5_wd0" / "seed1"
     assert yaml.safe_load((tune_dir / "config.yaml").read_text().split("\n", 1)[1])["format"] == "vtab-tune"
     # the tuning score is the val200 accuracy: 16 images, one per class
@@ -165,9 +171,17 @@ def test_vtab_table_groups_are_means_of_their_cells(vtab_run):
         cells = {r["task"]: statistics.fmean(100 * f["test_acc1"] for f in r["finals"])
                  for r in finals if r["method"] == method and "missing" not in r}
         assert by[(method, "dsprites_loc")]["measured"] == pytest.approx(cells["dsprites_loc"])
+        assert len(cells) == 6  # every cell of a present task measured
+        specialized = by[(method, "specialized")]
+        members = ("patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy")
+        assert specialized["measured"] == pytest.approx(statistics.fmean(cells[t] for t in members))
         structured = by[(method, "structured")]
         # clevr_count is missing: the group mean is over the two measured tasks and says so
-        assert structured["measured"] == pytest.approx(statistics.fmean(cells.values()))
+        assert structured["measured"] == pytest.approx(statistics.fmean(cells[t] for t in ("dsprites_loc",
+                                                                                        "smallnorb_ele")))
+        assert structured["difference"] is None and "natural" not in {c for m, c in by if m == method}
+    assert by[("linear", "specialized")]["difference"] == pytest.approx(
+        by[("linear", "specialized")]["measured"] - 77.16)
     assert by[("linear", "dsprites_loc")]["published"] == 12.5
     assert by[("linear", "structured")]["published"] == 26.84
     text = (out / "table.md").read_text()
@@ -179,7 +193,7 @@ def test_vtab_rerun_reuses_every_run(vtab_run, capsys):
     before = (out / "table.json").read_text()
     assert lore_cli(*argv) == 0
     err = capsys.readouterr().err
-    assert "ran," not in err and err.count("skipped") == 2 * 2 * (2 + 2)
+    assert "ran," not in err and err.count("skipped") == 2 * 6 * (2 + 2)
     assert json.loads((out / "table.json").read_text())["records"] == json.loads(before)["records"]
 
 

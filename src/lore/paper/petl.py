@@ -131,7 +131,7 @@ def run_options(plan: Plan, base: dict, task: str, method: str, stage: str, lr: 
                "lr": lr / p["lr_reference_batch"] * batch, "wd": wd}
     if method.startswith("lore") and not has_class_names(plan.bench, task):
         knowledge = UNNAMED_KNOWLEDGE[plan.unnamed]
-        if knowledge and "knowledge" not in base:
+        if knowledge:  # --knowledge serves the tasks with class names
             options["knowledge"] = knowledge
     return tuple(sorted(options.items()))
 

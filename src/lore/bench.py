@@ -22,14 +22,8 @@ import torch.nn as nn
 
 from .errors import LoreError
 from .flops import count_gflops, count_params
-from .config import METHOD_ALIASES
 from .io import atomic_write_json, check_output_dir
 
-# bench name -> (model method, what it stands for)
-METHODS = {"b-b": "linear", "linear": "linear", "vpt-shallow": "vpt-shallow", "vpt-deep": "vpt-deep",
-           "lore": "lore", "lore-no-kp": METHOD_ALIASES["lore-no-kp"]["method"], "coop": "coop", "cocoop": "cocoop", "prograd": "prograd",
-           "maple": "maple"}
-TEXT_SIDE = {"coop", "cocoop", "prograd", "maple"}
 REFERENCES = ("b-b", "vpt-deep", "lore", "coop")
 DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="load hub weights (speed does not depend on them; default: no)")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--methods", default="b-b,vpt-deep,lore", help=f"comma list of {sorted(METHODS)}")
+    parser.add_argument("--methods", default="b-b,vpt-deep,lore", help="comma list of the methods `lore bench` "
+                        "offers (b-b, linear, vpt-shallow, vpt-deep, lore, lore-no-kp, coop, cocoop, prograd, maple)")
     parser.add_argument("--num-classes", type=int, default=100)
     parser.add_argument("--knowledge", help="CLIP text tower of the prompt learners, clip:MODEL/TAG "
                         "(default: the backbone's own)")
@@ -54,28 +49,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="directory for bench.json")
 
 
+def bench_methods() -> list[str]:
+    """The names `lore bench` measures: every method registered with ``bench=True`` and its aliases."""
+    from .models.registry import aliases, methods
+
+    offered = [m.name for m in methods() if m.bench]
+    return offered + [a for a, spec in aliases().items() if spec["method"] in offered]
+
+
 def _build(name: str, backbone: str, backbone_args, pretrained: bool, num_classes: int,
            knowledge: str | None = None) -> nn.Module:
     from .backbone import build_black_box
     from .knowledge import default_knowledge_spec
     from .models import build_model
     from .models.coop import weightless
+    from .models.registry import resolve
 
     torch.manual_seed(0)
-    options: dict = {}
-    if name.startswith("lore"):
-        options = dict(knowledge=torch.nn.functional.normalize(torch.randn(num_classes, 512), dim=-1),
-                       kp=name == "lore")
+    method, alias_options = resolve(name)
     black_box = build_black_box(backbone, pretrained=pretrained, backbone_args=backbone_args)
-    if name in TEXT_SIDE:
+    options: dict = {}
+    if method.text_side:
         spec = knowledge or default_knowledge_spec(backbone)
         options = dict(classnames=[f"class {i}" for i in range(num_classes)],
                        text_tower=spec if pretrained else weightless(spec))
-        if name == "maple":  # the paper's J = 9, or every layer of a shallower test tower
-            options["depth"] = min(9, black_box.depth)
-        if name == "prograd":  # a stand-in zero-shot classifier: the cost does not depend on it
-            options["knowledge"] = torch.nn.functional.normalize(torch.randn(num_classes, black_box.out_dim), dim=-1)
-    return build_model(METHODS[name], black_box, num_classes, **options)
+    if method.bench_options:
+        options.update(method.bench_options(black_box, num_classes))
+    options.update(alias_options)
+    return build_model(method.bench_as or method.name, black_box, num_classes, **options)
 
 
 def sync(device: torch.device) -> None:
@@ -115,9 +116,9 @@ def run(backbone: str, methods: list[str], img_size: int = 224, batch: int = 32,
         pretrained: bool = False, num_classes: int = 100, knowledge: str | None = None) -> dict:
     from .runs import resolve_device
 
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in bench_methods()]
     if unknown:
-        raise LoreError(f"--methods: unknown {unknown}; choose from {sorted(METHODS)}")
+        raise LoreError(f"--methods: unknown {unknown}; choose from {sorted(bench_methods())}")
     if batch < 1 or repeats < 1 or warmup < 0 or img_size < 8:
         raise LoreError("--batch, --repeats must be >= 1, --warmup >= 0, --img-size >= 8")
     dev = resolve_device(device)

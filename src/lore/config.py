@@ -14,11 +14,10 @@ from pathlib import Path
 import yaml
 
 from .errors import LoreError
+from .recipes import apply_recipe
 from .values import default_workers, typed
 
 
-# method names that are another method with options: one definition for sweep, paper, demo, bench
-METHOD_ALIASES = {"lore-no-kp": {"method": "lore", "kp": False}}
 
 
 def opt(default, help: str, choices=None, short=None):
@@ -198,13 +197,17 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
             parser.add_argument(flag, type=cast, choices=f.metadata["choices"], **kw)
 
 
+def defaults() -> dict:
+    """Every option's default value."""
+    return {f.name: f.default for f in fields(TrainConfig)}
+
+
 def from_args(args: argparse.Namespace) -> TrainConfig:
     values: dict = {}
     if getattr(args, "config", None):
         values.update(load_yaml(args.config))
     values.update({f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
-    from .recipes import apply_recipe  # here: lore.recipes reads TrainConfig
-    values = apply_recipe(values)
+    values = apply_recipe(values, defaults())
     return make(values, source=getattr(args, "config", None) or "command line")
 
 

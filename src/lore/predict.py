@@ -179,7 +179,8 @@ def main(args: argparse.Namespace) -> dict:
     from .data import eval_transform
     from .io import atomic_write_text
     from .runs import resolve_device, saved_config
-    from .train import amp_dtype, run_data_config
+    from .runs import run_data_config
+    from .train import amp_dtype
 
     if args.topk < 1:
         raise LoreError(f"--topk must be >= 1, got {args.topk}")

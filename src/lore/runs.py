@@ -1,4 +1,6 @@
-"""Getting a model for analysis and downstream tasks: a trained run (``--run``) or a plain
+"""A run as the other commands see it: its recorded options (``saved_config``, with the defaults
+that depend on the backbone resolved as training resolved them) and the data config of its test
+transform; and the model for analysis and downstream tasks: a trained run (``--run``) or a plain
 backbone (``--backbone``, the B-B baseline)."""
 
 from __future__ import annotations
@@ -35,6 +37,36 @@ def saved_config(run_dir: str | Path, **overrides):
     path = Path(run_dir) / "config.yaml"
     saved = config_mod.load_yaml(str(path)) if path.is_file() else {}
     return config_mod.make({**saved, "resume": None, **overrides}, source=str(path))
+
+
+def resolve_backbone_defaults(cfg):
+    """Fill the options whose default depends on the backbone, so config.yaml records the choice.
+
+    - the method's own (``Method.defaults``; LORE's wrong class p, ``negative``: ``zeroshot`` when
+      the backbone has a CLIP text tower, whatever the knowledge source, else ``model``).
+    - ``crop_pct`` (test-time crop): 1.0 for CLIP, as the reference evaluates (Resize(224) +
+      CenterCrop(224)); otherwise the backbone's own pre-trained crop fraction.
+    """
+    import dataclasses
+
+    from .backbone import has_clip_projection, pretrained_crop_pct
+    from .models.registry import get as method_of
+
+    clip = has_clip_projection(cfg.backbone)
+    method = method_of(cfg.method)
+    own = method.defaults(cfg, clip) if method.defaults else {}
+    crop_pct = cfg.crop_pct if cfg.crop_pct is not None else 1.0 if clip else pretrained_crop_pct(cfg.backbone)
+    return dataclasses.replace(cfg, crop_pct=crop_pct, **own)
+
+
+def run_data_config(cfg, black_box) -> dict:
+    """The backbone's mean / std / interpolation with the run's test-time crop fraction."""
+    data_config = dict(black_box.data_config)
+    if cfg.crop_pct is not None:
+        data_config["crop_pct"] = cfg.crop_pct
+    if cfg.train_crop_pct is not None:
+        data_config["train_crop_pct"] = cfg.train_crop_pct
+    return data_config
 
 
 def resolve_device(name: str) -> torch.device:

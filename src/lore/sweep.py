@@ -42,8 +42,6 @@ GRID_FIELDS = {"method", "data", "format", "shots", "seed", "out", "resume", "dr
 EXECUTION_FIELDS = {"device", "workers", "save_every", "keep_last", "resume", "out", "compile", "val_every"}
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 OPTION = re.compile(r"^([a-z][a-z0-9_-]*)=(.*)$")
-# sweep method names that are a method plus options
-METHOD_ALIASES = config_mod.METHOD_ALIASES
 
 
 @dataclass(frozen=True)
@@ -124,9 +122,9 @@ def split_values(text: str, cast, flag: str) -> list:
 
 
 def check_methods(methods: list[str]) -> None:
-    from .models import available_methods
+    from .models.registry import aliases, available_methods
 
-    known = available_methods() + list(METHOD_ALIASES)
+    known = available_methods() + list(aliases())
     unknown = [m for m in methods if m not in known]
     if unknown:
         raise LoreError(f"--methods: unknown {unknown}; choose from: {', '.join(known)}")
@@ -241,8 +239,10 @@ def cell_config(cell: Cell, out: Path, base: dict, recipe_backbone: str | None =
     values = {**base, **dict(cell.dataset.options), "method": cell.method, "data": cell.dataset.path,
               "format": cell.dataset.format, "shots": shots or None, "seed": cell.seed,
               "out": str(cell.run_dir(out)), "resume": None, "dry_run": False}
-    values.update(METHOD_ALIASES.get(cell.method, {}))
-    values = apply_recipe(values, recipe_backbone, recipe_shots=cell.shots or None)
+    from .models.registry import aliases
+
+    values.update(aliases().get(cell.method, {}))
+    values = apply_recipe(values, config_mod.defaults(), recipe_backbone, recipe_shots=cell.shots or None)
     return config_mod.make(values, source="lore sweep")
 
 
@@ -265,7 +265,7 @@ def run_cell(cell: Cell, out: Path, base: dict, recipe_backbone: str | None = No
 def _check_same_recipe(run_dir: Path, cfg: TrainConfig) -> None:
     """A kept cell must have been trained with the options asked for now, or the table mixes recipes."""
     saved = config_mod.load_yaml(str(run_dir / "config.yaml"))
-    from .train import resolve_backbone_defaults
+    from .runs import resolve_backbone_defaults
 
     # runs store absolute paths and the backbone-dependent defaults they resolved
     wanted = dataclasses.asdict(resolve_backbone_defaults(absolute_paths(cfg)))

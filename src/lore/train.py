@@ -8,7 +8,6 @@ tensors only) + ``model.json`` (how to rebuild), ``fewshot.json`` (the chosen tr
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
@@ -28,31 +27,28 @@ from .config import TrainConfig
 from .curriculum import select_easy, select_hard
 from .data import (EpochBatchSampler, ImageDataset, ShardedSampler, eval_transform, few_shot_indices,
                    load_dataset, train_transform)
-from .data.catalog import knowledge_template, load_paper_dataset, prograd_templates, zeroshot_templates
+from .data.catalog import load_paper_dataset
 from .data.datasets import Splits, check_class_coverage, check_headers, check_split_integrity
 from .data.sampling import check_batch_for_norm
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, convert_sync_batchnorm, init_distributed
 from .errors import LoreError
 from .flops import GFLOPS_COUNT, count_gflops, count_params, parameter_shares, text_tower_params
 from .io import absolute_paths, atomic_write_json, atomic_write_text, check_output_dir
-from .knowledge import (NEGATIVE_TEMPLATE, ZEROSHOT_TEMPLATE, cached_class_embeddings, default_knowledge_spec,
-                        learned_knowledge, learned_width, most_similar_classes, read_templates)
+from .knowledge import (NEGATIVE_TEMPLATE, cached_class_embeddings, default_knowledge_spec, learned_knowledge,
+                        most_similar_classes)
 from . import bn_modes
 from .probe import cross_fitted_predictions
 from . import tensorboard_log
 from .metrics import accuracy
 from .models import build_model
-from .models.coop import check_text_side, text_side_options, weightless
+from .models.base import zeroshot_sentences
+from .models.coop import check_text_side, weightless
+from .models.registry import Method, get as method_of
 from .progress import Heartbeat
 from .lock import run_lock
 from .values import refuse_recipe_changes
-from .runs import resolve_device
-
-# methods whose construction needs class text embeddings, and which template they use
-KNOWLEDGE_METHODS = {"lore", "zeroshot", "clip-adapter", "tip-adapter", "tip-adapter-f", "prograd"}
-# methods that run the frozen CLIP text tower themselves (options from text_side_options)
-TEXT_SIDE_METHODS = {"coop", "cocoop", "prograd", "maple"}
-TRAINING_FREE = {"zeroshot", "tip-adapter"}
+# the run's resolved options and its recipe's data config are the run directory's: lore.runs
+from .runs import resolve_backbone_defaults, resolve_device, run_data_config  # noqa: F401
 
 
 @dataclass
@@ -80,7 +76,7 @@ def run(cfg: TrainConfig) -> dict:
     if cfg.log == "tensorboard":
         tensorboard_log.require()
     cfg = resolve_backbone_defaults(cfg)
-    if cfg.method in TEXT_SIDE_METHODS:
+    if method_of(cfg.method).text_side:
         check_text_side(cfg)
     if cfg.out:
         check_output_dir(cfg.out, "--resume" if cfg.resume else "--out")
@@ -119,52 +115,16 @@ def build_from_config(cfg: TrainConfig, num_classes: int, knowledge: torch.Tenso
                       pretrained: bool | None = None, classnames: list[str] | None = None) -> nn.Module:
     """The model a config describes (same seed -> same initial White Box and random backbone)."""
     torch.manual_seed(cfg.seed)
-    options = dict(knowledge=knowledge)
-    if cfg.method in ("vpt-shallow", "vpt-deep"):
-        options["num_prompts"] = cfg.global_prompts
-    elif cfg.method == "lore":
-        options.update(global_prompts=cfg.global_prompts, local_prompts=cfg.local_prompts,
-                       lin_blocks=cfg.lin_blocks, lin_k=cfg.lin_k, lin_variant=cfg.lin_variant,
-                       kla_topn=cfg.kla_topn, kla_variant=cfg.kla_variant, bottleneck=cfg.bottleneck,
-                       pg_dropout=cfg.pg_dropout, kp=cfg.kp, kp_weight=cfg.kp_weight,
-                       negative=cfg.negative or "model", wb_norm=cfg.wb_norm,
-                       learn_knowledge=cfg.kp and learned_knowledge(cfg.knowledge),
-                       knowledge_dim=None if knowledge is not None else knowledge_width(cfg))
-    elif cfg.method in TEXT_SIDE_METHODS:
-        # these run the frozen CLIP text tower themselves; --dry-run builds it without weights
+    method = method_of(cfg.method)
+    options = dict(knowledge=knowledge, **method.options(cfg))
+    if method.text_side:
+        # it runs the frozen CLIP text tower itself; --dry-run builds it without weights
         spec = cfg.knowledge or default_knowledge_spec(cfg.backbone)
-        options.update(text_side_options(cfg),
-                       classnames=classnames or [f"class {i}" for i in range(num_classes)],
+        options.update(classnames=classnames or [f"class {i}" for i in range(num_classes)],
                        text_tower=spec if pretrained is not False else weightless(spec))
-    elif cfg.method == "clip-adapter":
-        options.update(ratio=cfg.adapter_ratio)
-    elif cfg.method in ("tip-adapter", "tip-adapter-f"):
-        options.update(alpha=cfg.tip_alpha, beta=cfg.tip_beta)
     return build_model(cfg.method, cfg.backbone, num_classes,
                        pretrained=cfg.pretrained if pretrained is None else pretrained,
                        checkpoint=cfg.checkpoint, backbone_args=cfg.backbone_args, **options)
-
-
-def knowledge_width(cfg: TrainConfig) -> int:
-    return learned_width(cfg.knowledge) if learned_knowledge(cfg.knowledge) else cfg.knowledge_dim
-
-
-def resolve_backbone_defaults(cfg: TrainConfig) -> TrainConfig:
-    """Fill the options whose default depends on the backbone, so config.yaml records the choice.
-
-    - ``negative`` (LORE's wrong class p): ``zeroshot`` when the backbone has a CLIP text tower,
-      whatever the knowledge source, else ``model``.
-    - ``crop_pct`` (test-time crop): 1.0 for CLIP, as the reference evaluates (Resize(224) +
-      CenterCrop(224)); otherwise the backbone's own pre-trained crop fraction.
-    """
-    from .backbone import has_clip_projection, pretrained_crop_pct
-
-    clip = has_clip_projection(cfg.backbone)
-    negative = cfg.negative
-    if negative is None and cfg.method == "lore":
-        negative = "zeroshot" if clip else "model"
-    crop_pct = cfg.crop_pct if cfg.crop_pct is not None else 1.0 if clip else pretrained_crop_pct(cfg.backbone)
-    return dataclasses.replace(cfg, negative=negative, crop_pct=crop_pct)
 
 
 def text_tower_spec(cfg: TrainConfig) -> str:
@@ -178,23 +138,13 @@ def _parameter_report(cfg: TrainConfig, model: nn.Module) -> dict:
     return {**count_params(model), **parameter_shares(model, text)}
 
 
-def run_data_config(cfg: TrainConfig, black_box) -> dict:
-    """The backbone's mean / std / interpolation with the run's test-time crop fraction."""
-    data_config = dict(black_box.data_config)
-    if cfg.crop_pct is not None:
-        data_config["crop_pct"] = cfg.crop_pct
-    if cfg.train_crop_pct is not None:
-        data_config["train_crop_pct"] = cfg.train_crop_pct
-    return data_config
-
-
 def dry_run(cfg: TrainConfig) -> dict:
     """Parameter and GFLOPs summary without data or pre-trained weights."""
     num_classes = cfg.num_classes
     if num_classes is None:
         num_classes = len(load_data(cfg).classnames)
     knowledge = None
-    if cfg.method in ("zeroshot", "coop", "clip-adapter", "tip-adapter", "tip-adapter-f"):
+    if method_of(cfg.method).dry_run_knowledge:
         knowledge = torch.randn(num_classes, cfg.knowledge_dim)
     model = build_from_config(cfg, num_classes, knowledge=knowledge, pretrained=False)
     params = _parameter_report(cfg, model)
@@ -232,57 +182,22 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     test = data.splits.get("test") or data.get("val")
     val = data.splits.get("val") if data.splits.get("test") else None
     check_headers(test, "test")
+    method = method_of(cfg.method)
     if info.main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not cfg.resume:
-            _refuse_overwrite(out)
-        note = f"# {data.split}\n" if data.split else ""
-        if data.note:  # the split is not the paper's: said once, here and in config.yaml
-            print(f"lore: note: {data.note}", file=sys.stderr)
-            note += f"# note: {data.note}\n"
-        atomic_write_text(out / "config.yaml", note + config_mod.to_yaml(cfg))
-        if cfg.method == "lore":
-            knows = "none (--no-kp)" if not cfg.kp else _knowledge_spec(cfg)
-            print(f"lore: class knowledge {knows} (--knowledge); wrong class p from {cfg.negative!r} "
-                  f"(--negative); White Box norm {cfg.wb_norm!r} (--wb-norm), --bn-mode {cfg.bn_mode}; "
-                  f"test crop fraction {cfg.crop_pct} (--crop-pct)", file=sys.stderr)
+        _start_run_dir(cfg, out, data, method)
     ctx = Context(cfg, info, device, out)
-    knowledge = _knowledge(ctx, classnames) if cfg.method in KNOWLEDGE_METHODS else None
-    if cfg.method == "lore" and knowledge is not None:
+    knowledge = _knowledge(ctx, classnames, method)
+    if method.check_knowledge and knowledge is not None:
         warn_degenerate_knowledge(knowledge, classnames, _knowledge_spec(cfg), ctx.log)
     model = build_from_config(cfg, len(classnames), knowledge, classnames=classnames).to(device)
     ctx.data_config = run_data_config(cfg, model.black_box)
-    recipe = {"backbone": cfg.backbone, "pretrained": cfg.pretrained, "checkpoint": cfg.checkpoint,
-              "backbone_args": cfg.backbone_args, "backbone_init_seed": cfg.seed,
-              "classnames": classnames, "img_size": cfg.img_size, "data": cfg.data}
     started = time.time()
-    stages: dict[str, dict] = {}
-    if cfg.curriculum == "easy-to-hard":
-        stages = _easy_to_hard(ctx, model, train_all, test, val, knowledge, classnames)
-    else:
-        chosen = list(range(len(train_all)))
-        if cfg.shots:
-            chosen = few_shot_indices([y for _, y in train_all], cfg.shots, cfg.seed, classnames).tolist()
-            _record_selection(ctx, "fewshot.json", train_all, chosen)
-        if hasattr(model, "build_cache"):  # Tip-Adapter(-F): the few-shot cache, before any training
-            model.build_cache(_encode(ctx, model, [train_all[i] for i in chosen]), len(classnames))
-        if cfg.method not in TRAINING_FREE:
-            _fit(ctx, model, [train_all[i] for i in chosen], cfg.lr, "main", val, knowledge, classnames)
-    train_seconds = time.time() - started
-    result = evaluate(ctx, model, test)
-    final = {"method": cfg.method, "backbone": cfg.backbone, "dataset": cfg.data, "shots": cfg.shots,
-             "seed": cfg.seed, "num_classes": len(classnames), "test_samples": result["n"],
-             "test_acc1": result["acc1"], "test_acc5": result["acc5"], **_parameter_report(cfg, model),
-             "gflops": round(count_gflops(model, cfg.img_size, device), 4), "gflops_count": GFLOPS_COUNT,
-             "seconds": round(train_seconds, 2), "images_per_s": result["images_per_s"]}
-    if stages:
-        stages.setdefault("h", result)
-        final["stages"] = {k: {"test_acc1": v["acc1"], "test_acc5": v["acc5"]} for k, v in stages.items()}
-    last = _last_metrics(out)
-    for key in ("loss", "loss_task", "loss_kp"):
-        if key in last:
-            final[key] = last[key]
+    stages = _train_model(ctx, method, model, train_all, test, val, knowledge, classnames)
+    final = _final(ctx, model, test, stages, time.time() - started, len(classnames))
     if info.main:
+        recipe = {"backbone": cfg.backbone, "pretrained": cfg.pretrained, "checkpoint": cfg.checkpoint,
+                  "backbone_args": cfg.backbone_args, "backbone_init_seed": cfg.seed,
+                  "classnames": classnames, "img_size": cfg.img_size, "data": cfg.data}
         save_model(out, model, recipe)
         atomic_write_json(out / "final.json", final)
         if cfg.log == "tensorboard":
@@ -290,6 +205,58 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                                       cfg.img_size, ctx.data_config, classnames)
         ctx.log(f"test top-1 {final['test_acc1']:.4f}  top-5 {final['test_acc5']:.4f}  -> {out}")
     barrier(info)
+    return final
+
+
+def _start_run_dir(cfg: TrainConfig, out: Path, data: Splits, method: Method) -> None:
+    """The run directory with config.yaml, which split was read (and a note when it is not the
+    paper's), and the method's own account of its choices."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume:
+        _refuse_overwrite(out)
+    note = f"# {data.split}\n" if data.split else ""
+    if data.note:  # the split is not the paper's: said once, here and in config.yaml
+        print(f"lore: note: {data.note}", file=sys.stderr)
+        note += f"# note: {data.note}\n"
+    atomic_write_text(out / "config.yaml", note + config_mod.to_yaml(cfg))
+    if method.describe:
+        print(f"lore: {method.describe(cfg)}", file=sys.stderr)
+
+
+def _train_model(ctx: Context, method: Method, model: nn.Module, train_all: list, test: list,
+                 val: list | None, knowledge: torch.Tensor | None, classnames: list[str]) -> dict:
+    """Train (or, training-free, only build the cache of) the model; the curriculum's stages."""
+    cfg = ctx.cfg
+    if cfg.curriculum == "easy-to-hard":
+        return _easy_to_hard(ctx, model, train_all, test, val, knowledge, classnames)
+    chosen = list(range(len(train_all)))
+    if cfg.shots:
+        chosen = few_shot_indices([y for _, y in train_all], cfg.shots, cfg.seed, classnames).tolist()
+        _record_selection(ctx, "fewshot.json", train_all, chosen)
+    if hasattr(model, "build_cache"):  # Tip-Adapter(-F): the few-shot cache, before any training
+        model.build_cache(_encode(ctx, model, [train_all[i] for i in chosen]), len(classnames))
+    if method.trains:
+        _fit(ctx, model, [train_all[i] for i in chosen], cfg.lr, "main", val, knowledge, classnames)
+    return {}
+
+
+def _final(ctx: Context, model: nn.Module, test: list, stages: dict, train_seconds: float,
+           num_classes: int) -> dict:
+    """final.json: test accuracy, parameters, GFLOPs, speed, the last losses."""
+    cfg = ctx.cfg
+    result = evaluate(ctx, model, test)
+    final = {"method": cfg.method, "backbone": cfg.backbone, "dataset": cfg.data, "shots": cfg.shots,
+             "seed": cfg.seed, "num_classes": num_classes, "test_samples": result["n"],
+             "test_acc1": result["acc1"], "test_acc5": result["acc5"], **_parameter_report(cfg, model),
+             "gflops": round(count_gflops(model, cfg.img_size, ctx.device), 4), "gflops_count": GFLOPS_COUNT,
+             "seconds": round(train_seconds, 2), "images_per_s": result["images_per_s"]}
+    if stages:
+        stages.setdefault("h", result)
+        final["stages"] = {k: {"test_acc1": v["acc1"], "test_acc5": v["acc5"]} for k, v in stages.items()}
+    last = _last_metrics(ctx.out)
+    for key in ("loss", "loss_task", "loss_kp"):
+        if key in last:
+            final[key] = last[key]
     return final
 
 
@@ -319,23 +286,17 @@ def _knowledge_spec(cfg: TrainConfig) -> str:
     return cfg.knowledge or default_knowledge_spec(cfg.backbone)
 
 
-def _knowledge(ctx: Context, classnames: list[str]) -> torch.Tensor | None:
+def _knowledge(ctx: Context, classnames: list[str], method: Method | None = None) -> torch.Tensor | None:
+    """The class text embeddings the method is built with (None: it needs none)."""
     cfg = ctx.cfg
-    if cfg.method == "lore" and not cfg.kp:
-        return None
-    if learned_knowledge(cfg.knowledge):
-        if cfg.method != "lore":
-            raise LoreError(f"--knowledge {cfg.knowledge}: a learned class embedding exists for LORE only")
+    method = method or method_of(cfg.method)
+    if method.needs_knowledge and learned_knowledge(cfg.knowledge) and not method.learned_knowledge:
+        raise LoreError(f"--knowledge {cfg.knowledge}: a learned class embedding exists for LORE only")
+    if not method.wants_knowledge(cfg) or learned_knowledge(cfg.knowledge):
         return None
     torch.manual_seed(cfg.seed)  # a random-init text tower (tests) encodes the same on every run
-    spec = _knowledge_spec(cfg)
-    template = cfg.template if cfg.method == "lore" or cfg.template else ZEROSHOT_TEMPLATE
-    if template is None and cfg.dataset:  # LORE: the reference's knowledge sentence for the dataset
-        template = knowledge_template(cfg.dataset)
-    templates = read_templates(template)
-    if cfg.dataset and not cfg.template and cfg.method != "lore":  # its published zero-shot templates
-        templates = (prograd_templates if cfg.method == "prograd" else zeroshot_templates)(cfg.dataset)
-    return _rank0_cached(ctx, "knowledge.safetensors", spec, classnames, templates)
+    templates = (method.templates or zeroshot_sentences)(cfg)
+    return _rank0_cached(ctx, "knowledge.safetensors", _knowledge_spec(cfg), classnames, templates)
 
 
 def warn_degenerate_knowledge(emb: torch.Tensor, classnames: list[str], spec: str, log,
@@ -418,15 +379,55 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
 
     ``negatives``: LORE's wrong class p per sample, fixed for the stage (easy-to-hard stage h: the
     stage-e model's predictions); otherwise zero-shot CLIP's when --negative zeroshot."""
-    cfg, info, device = ctx.cfg, ctx.info, ctx.device
-    epochs = cfg.epochs if epochs is None else epochs
+    cfg = ctx.cfg
+    _set_negatives(ctx, model, samples, knowledge, classnames, negatives)
+    loop = _start_loop(ctx, model, samples, lr, stage, val, cfg.epochs if epochs is None else epochs)
+    for epoch in range(loop.counters["epoch"], loop.epochs):
+        _train_epoch(loop, epoch)
+    if loop.tb is not None:
+        loop.tb.close()
+    if cfg.bn_mode == "recalibrate":  # the saved model then tests as it will be tested
+        _recalibrate(ctx, model, samples)
+    model.eval()
+
+
+def _set_negatives(ctx: Context, model: nn.Module, samples: list, knowledge: torch.Tensor | None,
+                   classnames: list[str], negatives: torch.Tensor | None) -> None:
+    """The wrong class p of a model that takes it from outside (LORE's --negative zeroshot | probe)."""
     if negatives is not None:
         model.set_negatives(negatives)
     elif getattr(model, "negative", None) == "zeroshot" and knowledge is not None:
         model.set_negatives(_zero_shot_predictions(ctx, model, samples, classnames))
     elif getattr(model, "negative", None) == "probe":
         feats, labels = _encode(ctx, model, samples)
-        model.set_negatives(cross_fitted_predictions(feats, labels, len(classnames), seed=cfg.seed))
+        model.set_negatives(cross_fitted_predictions(feats, labels, len(classnames), seed=ctx.cfg.seed))
+
+
+@dataclass
+class _Loop:
+    """One stage's training loop: what it trains, with what, and where it stands."""
+    ctx: Context
+    model: nn.Module
+    samples: list
+    lr: float
+    stage: str
+    val: list | None
+    epochs: int
+    optimizer: torch.optim.Optimizer
+    dataset: ImageDataset
+    steps_per_epoch: int
+    counters: dict
+    step_fn: nn.Module
+    amp: torch.dtype | None
+    scaler: torch.amp.GradScaler
+    tb: object | None
+    cur_lr: float = 0.0
+
+
+def _start_loop(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, val: list | None,
+                epochs: int) -> _Loop:
+    """The optimiser, data, step function and counters of a stage (resumed from its last state)."""
+    cfg, info, device = ctx.cfg, ctx.info, ctx.device
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise LoreError(f"--method {cfg.method} has no trainable parameters")
@@ -436,10 +437,8 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
     steps_per_epoch = EpochBatchSampler(len(samples), cfg.batch_size, cfg.seed, 0, info.rank, info.world).steps()
     if steps_per_epoch == 0:
         raise LoreError(f"{len(samples)} training images cannot fill a batch on {info.world} processes")
-    total = steps_per_epoch * epochs
     counters = {"stage": stage, "epoch": 0, "step": 0, "global_step": 0, "sums": {}}
-    ckpt_dir = ctx.out / "checkpoints"
-    resumed = _latest_state(ckpt_dir, stage) if cfg.resume else None
+    resumed = _latest_state(ctx.out / "checkpoints", stage) if cfg.resume else None
     if resumed is not None:
         counters = load_train_state(resumed, model, optimizer)
         ctx.log(f"resumed from {resumed} (epoch {counters['epoch']}, step {counters['step']})")
@@ -458,78 +457,88 @@ def _fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, v
         step_fn = torch.compile(step_fn)
     amp = amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    for epoch in range(counters["epoch"], epochs):
-        # the reference evaluates with model.eval() after epoch 1 and never switches back (and its
-        # stage h starts after an eval-mode selection pass): --bn-mode reference reproduces that
-        frozen_norm = cfg.bn_mode == "reference" and (epoch > 0 or stage == "h")
-        model.train(not frozen_norm)
-        if cfg.bn_mode == "freeze":
-            bn_modes.set_frozen(model, counters["global_step"] >= cfg.bn_freeze_steps)
-        sampler = EpochBatchSampler(len(samples), cfg.batch_size, cfg.seed, epoch + 1000 * (stage == "h"),
-                                    info.rank, info.world, start_step=counters["step"])
-        # an own generator: creating the iterator must not draw from the global RNG, or a resumed
-        # run's dropout masks would drift from the uninterrupted run's
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
-                                             pin_memory=device.type == "cuda",
-                                             generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in counters["sums"].items()}
-        epoch_start = time.time()
-        bar = tqdm(loader, desc=f"{stage} epoch {epoch + 1}/{epochs}", disable=not info.main or None,
-                   leave=False, dynamic_ncols=True, file=sys.stderr)
-        heartbeat = Heartbeat(bar)
-        for images, targets, index in bar:
-            step = counters["step"]
-            global_batch = sampler.global_batch(step)
-            cur_lr = learning_rate(cfg, lr, epoch, counters["global_step"], steps_per_epoch, epochs,
-                                   0 if stage == "h" else cfg.warmup_epochs)
-            for g in optimizer.param_groups:
-                g["lr"] = cur_lr
-            if cfg.bn_mode == "freeze" and counters["global_step"] == cfg.bn_freeze_steps:
-                bn_modes.set_frozen(model, True)
-            images = images.to(device, non_blocking=True)
-            if device.type == "cuda":  # the patch-embedding conv is faster in NHWC
-                images = images.contiguous(memory_format=torch.channels_last)
-            targets, index = targets.to(device), index.to(device)
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                per_sample, logits, terms = step_fn(images, targets, index)
-            # sum / global batch * world: DDP's gradient averaging then gives the global-batch mean
-            loss = per_sample.float().sum() * info.world / global_batch
-            _check_finite(loss, info, epoch, step, counters["global_step"], ckpt_dir)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            batch_sums = {"n": float(len(targets)), "loss": per_sample.detach().float().sum().item(),
-                          "correct": (logits.detach().argmax(-1) == targets).sum().item()}
-            for k, v in terms.items():
-                batch_sums[f"loss_{k}"] = v.float().sum().item()
-            for k, v in batch_sums.items():
-                sums[k] = sums.get(k, torch.tensor(0.0, dtype=torch.float64)) + v
-            counters["step"] += 1
-            counters["global_step"] += 1
-            bar.set_postfix(loss=f"{batch_sums['loss'] / max(batch_sums['n'], 1):.4f}", lr=f"{cur_lr:.2e}")
-            if heartbeat.due():
-                ctx.log(f"{stage} epoch {epoch + 1}/{epochs} step {counters['step']}/{steps_per_epoch} "
-                        f"loss {float(sums['loss']) / max(float(sums['n']), 1):.4f} lr {cur_lr:.2e} "
-                        f"({heartbeat.elapsed():.0f} s into the epoch)")
-            if cfg.save_every and counters["global_step"] % cfg.save_every == 0 and counters["step"] < steps_per_epoch:
-                counters["sums"] = {k: float(v) for k, v in sums.items()}
-                _save_state(ctx, model, optimizer, counters)
-        bar.close()
-        line = _epoch_metrics(ctx, model, sums, epoch, stage, cur_lr, time.time() - epoch_start, val, samples)
-        counters.update(epoch=epoch + 1, step=0, sums={})
-        if info.main:
-            with open(ctx.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(line) + "\n")
-            if tb is not None:
-                tb.epoch(line)
-        _save_state(ctx, model, optimizer, counters)
-        ctx.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items()))
-    if tb is not None:
-        tb.close()
-    if cfg.bn_mode == "recalibrate":  # the saved model then tests as it will be tested
-        _recalibrate(ctx, model, samples)
-    model.eval()
+    return _Loop(ctx, model, samples, lr, stage, val, epochs, optimizer, dataset, steps_per_epoch, counters,
+                 step_fn, amp, scaler, tb)
+
+
+def _train_epoch(loop: _Loop, epoch: int) -> None:
+    """One epoch (from the resumed step), then its metrics line and checkpoint."""
+    ctx, cfg, info, counters, stage = loop.ctx, loop.ctx.cfg, loop.ctx.info, loop.counters, loop.stage
+    # the reference evaluates with model.eval() after epoch 1 and never switches back (and its
+    # stage h starts after an eval-mode selection pass): --bn-mode reference reproduces that
+    frozen_norm = cfg.bn_mode == "reference" and (epoch > 0 or stage == "h")
+    loop.model.train(not frozen_norm)
+    if cfg.bn_mode == "freeze":
+        bn_modes.set_frozen(loop.model, counters["global_step"] >= cfg.bn_freeze_steps)
+    sampler = EpochBatchSampler(len(loop.samples), cfg.batch_size, cfg.seed, epoch + 1000 * (stage == "h"),
+                                info.rank, info.world, start_step=counters["step"])
+    # an own generator: creating the iterator must not draw from the global RNG, or a resumed
+    # run's dropout masks would drift from the uninterrupted run's
+    loader = torch.utils.data.DataLoader(loop.dataset, batch_sampler=sampler, num_workers=cfg.workers,
+                                         pin_memory=ctx.device.type == "cuda",
+                                         generator=torch.Generator().manual_seed(cfg.seed + epoch))
+    sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in counters["sums"].items()}
+    epoch_start = time.time()
+    bar = tqdm(loader, desc=f"{stage} epoch {epoch + 1}/{loop.epochs}", disable=not info.main or None,
+               leave=False, dynamic_ncols=True, file=sys.stderr)
+    heartbeat = Heartbeat(bar)
+    for images, targets, index in bar:
+        batch_sums = _train_step(loop, epoch, sampler.global_batch(counters["step"]), images, targets, index)
+        for k, v in batch_sums.items():
+            sums[k] = sums.get(k, torch.tensor(0.0, dtype=torch.float64)) + v
+        bar.set_postfix(loss=f"{batch_sums['loss'] / max(batch_sums['n'], 1):.4f}", lr=f"{loop.cur_lr:.2e}")
+        if heartbeat.due():
+            ctx.log(f"{stage} epoch {epoch + 1}/{loop.epochs} step {counters['step']}/{loop.steps_per_epoch} "
+                    f"loss {float(sums['loss']) / max(float(sums['n']), 1):.4f} lr {loop.cur_lr:.2e} "
+                    f"({heartbeat.elapsed():.0f} s into the epoch)")
+        if cfg.save_every and counters["global_step"] % cfg.save_every == 0 and \
+                counters["step"] < loop.steps_per_epoch:
+            counters["sums"] = {k: float(v) for k, v in sums.items()}
+            _save_state(ctx, loop.model, loop.optimizer, counters)
+    bar.close()
+    line = _epoch_metrics(ctx, loop.model, sums, epoch, stage, loop.cur_lr, time.time() - epoch_start, loop.val,
+                          loop.samples)
+    counters.update(epoch=epoch + 1, step=0, sums={})
+    if info.main:
+        with open(ctx.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+        if loop.tb is not None:
+            loop.tb.epoch(line)
+    _save_state(ctx, loop.model, loop.optimizer, counters)
+    ctx.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items()))
+
+
+def _train_step(loop: _Loop, epoch: int, global_batch: int, images: torch.Tensor, targets: torch.Tensor,
+                index: torch.Tensor) -> dict:
+    """One optimiser step; the batch's sums (images, loss, correct, loss terms)."""
+    ctx, cfg, counters, device = loop.ctx, loop.ctx.cfg, loop.counters, loop.ctx.device
+    step = counters["step"]
+    loop.cur_lr = learning_rate(cfg, loop.lr, epoch, counters["global_step"], loop.steps_per_epoch, loop.epochs,
+                                0 if loop.stage == "h" else cfg.warmup_epochs)
+    for g in loop.optimizer.param_groups:
+        g["lr"] = loop.cur_lr
+    if cfg.bn_mode == "freeze" and counters["global_step"] == cfg.bn_freeze_steps:
+        bn_modes.set_frozen(loop.model, True)
+    images = images.to(device, non_blocking=True)
+    if device.type == "cuda":  # the patch-embedding conv is faster in NHWC
+        images = images.contiguous(memory_format=torch.channels_last)
+    targets, index = targets.to(device), index.to(device)
+    with torch.autocast(device.type, dtype=loop.amp or torch.float32, enabled=loop.amp is not None):
+        per_sample, logits, terms = loop.step_fn(images, targets, index)
+    # sum / global batch * world: DDP's gradient averaging then gives the global-batch mean
+    loss = per_sample.float().sum() * ctx.info.world / global_batch
+    _check_finite(loss, ctx.info, epoch, step, counters["global_step"], ctx.out / "checkpoints")
+    loop.optimizer.zero_grad(set_to_none=True)
+    loop.scaler.scale(loss).backward()
+    loop.scaler.step(loop.optimizer)
+    loop.scaler.update()
+    batch_sums = {"n": float(len(targets)), "loss": per_sample.detach().float().sum().item(),
+                  "correct": (logits.detach().argmax(-1) == targets).sum().item()}
+    for k, v in terms.items():
+        batch_sums[f"loss_{k}"] = v.float().sum().item()
+    counters["step"] += 1
+    counters["global_step"] += 1
+    return batch_sums
 
 
 def _recalibrate(ctx: Context, model: nn.Module, samples: list) -> None:

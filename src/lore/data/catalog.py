@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 
 from ..errors import LoreError
-from .datasets import Splits
+from .splits import Splits
 
 PAPER_DATASETS = ("cifar10", "cifar100", "imagenet", "dtd", "aircraft", "dogs", "flowers", "cars",
                   "eurosat", "ucf101", "resisc45", "patternnet")

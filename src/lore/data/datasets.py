@@ -20,28 +20,10 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import LoreError
 from ..io import inside_root, read_json
+# the shared record types live in .splits (the format readers import them without this module)
+from .splits import IMAGE_EXTENSIONS, SPLITS, Sample, Splits  # noqa: F401
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 FORMATS = ("imagefolder", "vpt-json", "coop-split", "csv", "vtab", "vtab-tune", "fgvc", "fgvc-tune")
-SPLITS = ("train", "val", "test")
-
-Sample = tuple[str, int]
-
-
-@dataclass
-class Splits:
-    classnames: list[str]
-    splits: dict[str, list[Sample]] = field(default_factory=dict)
-    root: str = ""
-    split: str = ""  # which split definition was read (paper datasets: shown by `lore data check`)
-    note: str = ""   # said once when that split is not the paper's, with the file that would make it so
-    sizes: str = "expected"  # the catalog entry holding that split's sizes (`lore data check`)
-
-    def get(self, split: str) -> list[Sample]:
-        if split not in self.splits or not self.splits[split]:
-            have = [s for s in SPLITS if self.splits.get(s)]
-            raise LoreError(f"dataset {self.root} has no {split!r} split (it has: {', '.join(have)})")
-        return self.splits[split]
 
 
 def load_dataset(root: str, fmt: str = "imagefolder", classnames_file: str | None = None,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import LoreError
 from ..io import inside_root, read_json
-from .datasets import Sample, Splits
+from .splits import Sample, Splits
 
 # dataset -> (folder names: VPT's recommended one first, then the archives'), classes, image folder
 DATASETS = {

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from ..errors import LoreError
-from .datasets import IMAGE_EXTENSIONS, Sample
+from .splits import IMAGE_EXTENSIONS, Sample
 
 _NUMBER = re.compile(r"(\d+)\.[A-Za-z]+$")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import LoreError
 from ..io import inside_root
-from .datasets import Sample, Splits
+from .splits import Sample, Splits
 from .layout import read_lines
 
 # classes per task (VTAB-1k, Zhai et al. 2019), by the folder names the PETL repositories use

@@ -102,3 +102,15 @@ class AdaptedViT(nn.Module):
 
     def rebuild_options(self) -> dict:
         return dict(self.options)
+
+
+def zeroshot_sentences(cfg, published=None) -> list[str]:
+    """Zero-shot CLIP's class sentences: --template, else the dataset's published templates
+    (``published``: a dataset -> templates function, default CoOp's zero-shot ones), else
+    'a photo of a {}.'."""
+    from ..data.catalog import zeroshot_templates
+    from ..knowledge import ZEROSHOT_TEMPLATE, read_templates
+
+    if cfg.dataset and not cfg.template:
+        return (published or zeroshot_templates)(cfg.dataset)
+    return read_templates(cfg.template or ZEROSHOT_TEMPLATE)

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ..backbone import BlackBox
 from ..errors import LoreError
-from . import register
+from .registry import register
 from .base import AdaptedViT, require_clip, text_classifier
 
 
@@ -48,7 +48,8 @@ class ClipAdapter(AdaptedViT):
         return self.head(self.adapt(image_embedding(self.black_box, images)))
 
 
-@register("clip-adapter")
+@register("clip-adapter", order=10, needs_knowledge=True, dry_run_knowledge=True,
+          options=lambda cfg: {"ratio": cfg.adapter_ratio})
 def _clip_adapter(black_box: BlackBox, num_classes: int, knowledge=None, ratio: float = 0.2,
                   reduction: int = 4, **_) -> AdaptedViT:
     return ClipAdapter(black_box, num_classes, knowledge, ratio=ratio, reduction=reduction)

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 
 from ..backbone import CLIP_LOGIT_SCALE, BlackBox
 from ..errors import LoreError
-from . import register
+from .registry import register
 from .base import AdaptedViT
 from .clip_adapter import image_embedding
-from .coop import CTX_INIT, CoOp, require_text_side
+from .coop import CTX_INIT, CoOp, ctx_init, require_text_side
 
 
 class CoCoOp(CoOp):
@@ -69,7 +69,8 @@ class CoCoOp(CoOp):
         return AdaptedViT.train(self, mode)
 
 
-@register("cocoop")
+@register("cocoop", order=7, text_side=True, bench=True,
+          options=lambda cfg: dict(n_ctx=cfg.cocoop_ctx, ctx_init=ctx_init(cfg, CTX_INIT)))
 def _cocoop(black_box: BlackBox, num_classes: int, classnames: list[str] | None = None,
             text_tower: str | None = None, n_ctx: int = 4, ctx_init: str | None = CTX_INIT,
             text_batch: int = 8192, **_) -> AdaptedViT:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..backbone import CLIP_LOGIT_SCALE, BlackBox
 from ..errors import LoreError
 from ..knowledge import load_open_clip
-from . import register
+from .registry import register
 from .base import AdaptedViT, require_clip
 from .clip_adapter import image_embedding
 
@@ -259,7 +259,18 @@ class CoOp(ClassTextHead, AdaptedViT):
         return self.logits(image_embedding(self.black_box, images))
 
 
-@register("coop")
+def ctx_init(cfg, default: str | None) -> str | None:
+    """--ctx-init: None = the method's own ``default``, "" = random N(0, 0.02); "_" reads as a
+    space, as in the official code."""
+    words = default if cfg.ctx_init is None else cfg.ctx_init
+    return (words or "").replace("_", " ").strip() or None
+
+
+def coop_options(cfg) -> dict:
+    return dict(n_ctx=cfg.coop_ctx, csc=cfg.coop_csc, ctx_init=ctx_init(cfg, None))
+
+
+@register("coop", order=6, text_side=True, options=coop_options, dry_run_knowledge=True, bench=True)
 def _coop(black_box: BlackBox, num_classes: int, classnames: list[str] | None = None,
           text_tower: str | None = None, n_ctx: int = 16, csc: bool = False, ctx_init: str | None = None,
           **_) -> AdaptedViT:
@@ -277,28 +288,14 @@ def require_text_side(black_box: BlackBox, method: str, classnames: list[str] | 
 
 
 def text_side_options(cfg) -> dict:
-    """The model options a TrainConfig gives CoOp, Co-CoOp, ProGrad and MaPLe."""
-    def init(default: str | None) -> str | None:
-        # --ctx-init: None = the method's own, "" = random N(0, 0.02); "_" reads as a space, as in
-        # the official code
-        words = default if cfg.ctx_init is None else cfg.ctx_init
-        return (words or "").replace("_", " ").strip() or None
+    """The model options a TrainConfig gives a method that runs the CLIP text tower (CoOp, Co-CoOp,
+    ProGrad, MaPLe): each declares them where it registers."""
+    from .registry import get
 
-    if cfg.method == "coop":
-        return dict(n_ctx=cfg.coop_ctx, csc=cfg.coop_csc, ctx_init=init(None))
-    if cfg.method == "cocoop":
-        return dict(n_ctx=cfg.cocoop_ctx, ctx_init=init(CTX_INIT))
-    if cfg.method == "prograd":
-        # like the official code, the context starts from the words of the teacher's template
-        template = cfg.template
-        if not template and cfg.dataset:
-            from ..data.catalog import prograd_templates
-            template = prograd_templates(cfg.dataset)[0]
-        return dict(n_ctx=cfg.coop_ctx, csc=cfg.coop_csc, lam=cfg.prograd_lambda,
-                    ctx_init=init(template_words(template) or CTX_INIT))
-    if cfg.method == "maple":
-        return dict(n_ctx=cfg.maple_ctx, depth=cfg.maple_depth, ctx_init=init(CTX_INIT))
-    raise LoreError(f"--method {cfg.method} has no CLIP text-side options")
+    method = get(cfg.method)
+    if not method.text_side:
+        raise LoreError(f"--method {cfg.method} has no CLIP text-side options")
+    return method.options(cfg)
 
 
 def check_text_side(cfg) -> None:

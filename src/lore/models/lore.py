@@ -15,7 +15,7 @@ from ..backbone import BlackBox
 from ..errors import LoreError
 from ..losses import kp_loss
 from ..whitebox import KLA, LIN, PromptGenerator
-from . import register
+from .registry import register
 from .base import AdaptedViT, make_head
 from .vpt import GlobalPrompts
 
@@ -147,7 +147,60 @@ class LORE(AdaptedViT):
         return attn[:, 0].reshape(e0.shape[0], e0.shape[1], e0.shape[2])
 
 
-@register("lore")
+def _lore_options(cfg) -> dict:
+    from ..knowledge import learned_knowledge, learned_width
+
+    learned = learned_knowledge(cfg.knowledge)
+    return dict(global_prompts=cfg.global_prompts, local_prompts=cfg.local_prompts,
+                lin_blocks=cfg.lin_blocks, lin_k=cfg.lin_k, lin_variant=cfg.lin_variant,
+                kla_topn=cfg.kla_topn, kla_variant=cfg.kla_variant, bottleneck=cfg.bottleneck,
+                pg_dropout=cfg.pg_dropout, kp=cfg.kp, kp_weight=cfg.kp_weight,
+                negative=cfg.negative or "model", wb_norm=cfg.wb_norm, learn_knowledge=cfg.kp and learned,
+                # the width of a learned class embedding, or of --dry-run's stand-in knowledge
+                knowledge_dim=learned_width(cfg.knowledge) if learned else cfg.knowledge_dim)
+
+
+def _lore_needs_knowledge(cfg) -> bool:
+    from ..knowledge import learned_knowledge
+
+    return cfg.kp and not learned_knowledge(cfg.knowledge)
+
+
+def _lore_sentences(cfg) -> list[str]:
+    """--template, else the reference's knowledge sentence for a paper dataset, else lore's default."""
+    from ..data.catalog import knowledge_template
+    from ..knowledge import read_templates
+
+    template = cfg.template
+    if template is None and cfg.dataset:
+        template = knowledge_template(cfg.dataset)
+    return read_templates(template)
+
+
+def _lore_defaults(cfg, clip: bool) -> dict:
+    # the reference takes the wrong class p from zero-shot CLIP when the backbone has a text tower
+    return {"negative": cfg.negative or ("zeroshot" if clip else "model")}
+
+
+def _lore_describe(cfg) -> str:
+    from ..knowledge import default_knowledge_spec
+
+    knows = "none (--no-kp)" if not cfg.kp else cfg.knowledge or default_knowledge_spec(cfg.backbone)
+    return (f"class knowledge {knows} (--knowledge); wrong class p from {cfg.negative!r} (--negative); "
+            f"White Box norm {cfg.wb_norm!r} (--wb-norm), --bn-mode {cfg.bn_mode}; "
+            f"test crop fraction {cfg.crop_pct} (--crop-pct)")
+
+
+def _lore_bench(black_box: BlackBox, num_classes: int) -> dict:
+    return {"knowledge": torch.nn.functional.normalize(torch.randn(num_classes, 512), dim=-1), "kp": True}
+
+
+@register("lore", order=100, options=_lore_options, needs_knowledge=_lore_needs_knowledge,
+          templates=_lore_sentences, learned_knowledge=True, check_knowledge=True, defaults=_lore_defaults,
+          describe=_lore_describe,
+          aliases={"lore-no-kp": {"kp": False}}, label_order=("lore (w/o L_kp)", "lore"),
+          labels=lambda options: "lore (w/o L_kp)" if options.get("kp") is False else "lore",
+          bench=True, bench_options=_lore_bench)
 def _lore(black_box: BlackBox, num_classes: int, global_prompts: int | None = None, **options) -> LORE:
     return LORE(black_box, num_classes, global_prompts=8 if global_prompts is None else global_prompts,
                 **options)

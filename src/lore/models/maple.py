@@ -25,9 +25,9 @@ import torch.nn as nn
 from ..backbone import BlackBox
 from ..errors import LoreError
 from ..knowledge import load_open_clip
-from . import register
+from .registry import register
 from .base import AdaptedViT
-from .coop import CTX_INIT, ClassTextHead, TextTower, class_prompts, open_clip_arg, require_text_side
+from .coop import CTX_INIT, ClassTextHead, TextTower, class_prompts, ctx_init, open_clip_arg, require_text_side
 
 
 class MaPLe(ClassTextHead, AdaptedViT):
@@ -94,7 +94,12 @@ class MaPLe(ClassTextHead, AdaptedViT):
         return self.logits(self.black_box.forward_embed(e0, self.prompts(e0)).pooled)
 
 
-@register("maple")
+def _maple_bench(black_box: BlackBox, num_classes: int) -> dict:
+    return {"depth": min(9, black_box.depth)}  # the paper's J = 9, or every layer of a shallower tower
+
+
+@register("maple", order=9, text_side=True, bench=True, bench_options=_maple_bench,
+          options=lambda cfg: dict(n_ctx=cfg.maple_ctx, depth=cfg.maple_depth, ctx_init=ctx_init(cfg, CTX_INIT)))
 def _maple(black_box: BlackBox, num_classes: int, classnames: list[str] | None = None,
            text_tower: str | None = None, n_ctx: int = 2, depth: int = 9, ctx_init: str | None = CTX_INIT,
            **_) -> AdaptedViT:

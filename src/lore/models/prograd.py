@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from ..backbone import BlackBox, clip_logits
 from ..distributed import mean_over_processes, world_size
 from ..errors import LoreError
-from . import register
-from .base import AdaptedViT
+from .registry import register
+from .base import AdaptedViT, zeroshot_sentences
 from .clip_adapter import image_embedding
-from .coop import CTX_INIT, CoOp, require_text_side
+from .coop import CTX_INIT, CoOp, ctx_init, require_text_side, template_words
 
 
 def project_conflicting(grad: torch.Tensor, ref: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
@@ -102,7 +102,29 @@ class ProGrad(CoOp):
         return ce, logits, {"task": ce.detach(), "kl": kl.detach()}
 
 
-@register("prograd")
+def _prograd_options(cfg) -> dict:
+    # like the official code, the context starts from the words of the teacher's template
+    template = cfg.template
+    if not template and cfg.dataset:
+        from ..data.catalog import prograd_templates
+        template = prograd_templates(cfg.dataset)[0]
+    return dict(n_ctx=cfg.coop_ctx, csc=cfg.coop_csc, lam=cfg.prograd_lambda,
+                ctx_init=ctx_init(cfg, template_words(template) or CTX_INIT))
+
+
+def _prograd_sentences(cfg) -> list[str]:
+    from ..data.catalog import prograd_templates
+
+    return zeroshot_sentences(cfg, prograd_templates)  # its teacher's published templates
+
+
+def _prograd_bench(black_box: BlackBox, num_classes: int) -> dict:
+    # a stand-in zero-shot classifier: the cost does not depend on it
+    return {"knowledge": F.normalize(torch.randn(num_classes, black_box.out_dim), dim=-1)}
+
+
+@register("prograd", order=8, text_side=True, needs_knowledge=True, options=_prograd_options,
+          templates=_prograd_sentences, bench=True, bench_options=_prograd_bench)
 def _prograd(black_box: BlackBox, num_classes: int, classnames: list[str] | None = None,
              text_tower: str | None = None, knowledge: torch.Tensor | None = None, n_ctx: int = 16,
              csc: bool = False, ctx_init: str | None = CTX_INIT, lam: float = 1.0,

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..backbone import BlackBox
 from ..errors import LoreError
-from . import register
+from .registry import register
 from .base import AdaptedViT, require_clip, text_classifier
 from .clip_adapter import image_embedding
 
@@ -76,13 +76,18 @@ class TipAdapter(AdaptedViT):
         return super().training_loss(images, targets, index)
 
 
-@register("tip-adapter")
+def _tip_options(cfg) -> dict:
+    return {"alpha": cfg.tip_alpha, "beta": cfg.tip_beta}
+
+
+@register("tip-adapter", order=11, needs_knowledge=True, trains=False, dry_run_knowledge=True,
+          options=_tip_options)
 def _tip_adapter(black_box: BlackBox, num_classes: int, knowledge=None, alpha: float = 1.0,
                  beta: float = 5.5, cache_size: int = 0, **_) -> AdaptedViT:
     return TipAdapter(black_box, num_classes, knowledge, alpha, beta, fine_tune=False, cache_size=cache_size)
 
 
-@register("tip-adapter-f")
+@register("tip-adapter-f", order=12, needs_knowledge=True, dry_run_knowledge=True, options=_tip_options)
 def _tip_adapter_f(black_box: BlackBox, num_classes: int, knowledge=None, alpha: float = 1.0,
                    beta: float = 5.5, cache_size: int = 0, **_) -> AdaptedViT:
     return TipAdapter(black_box, num_classes, knowledge, alpha, beta, fine_tune=True, cache_size=cache_size)

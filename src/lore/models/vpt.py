@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from ..backbone import BlackBox
-from . import register
+from .registry import register
 from .base import AdaptedViT, make_head
 
 
@@ -52,28 +52,32 @@ class Plain(AdaptedViT):
         super().__init__(black_box, 0, nn.Identity())
 
 
-@register("b-b")
+def _vpt_options(cfg) -> dict:
+    return {"num_prompts": cfg.global_prompts}
+
+
+@register("b-b", order=0, needs_classes=False, bench=True, bench_as="linear")
 def _plain(black_box: BlackBox, num_classes: int = 0, **_) -> AdaptedViT:
     return Plain(black_box)
 
 
-@register("linear")
+@register("linear", order=2, bench=True)
 def _linear(black_box: BlackBox, num_classes: int, knowledge=None, **_) -> AdaptedViT:
     return Linear(black_box, num_classes, knowledge)
 
 
-@register("full")
+@register("full", order=3, trainable_backbone=True)
 def _full(black_box: BlackBox, num_classes: int, knowledge=None, **_) -> AdaptedViT:
     return Linear(black_box, num_classes, knowledge, method="full")
 
 
-@register("vpt-shallow")
+@register("vpt-shallow", order=4, options=_vpt_options, bench=True)
 def _vpt_shallow(black_box: BlackBox, num_classes: int, num_prompts: int | None = None,
                  knowledge=None, **_) -> AdaptedViT:
     return VPT(black_box, num_classes, deep=False, num_prompts=num_prompts or 10, knowledge=knowledge)
 
 
-@register("vpt-deep")
+@register("vpt-deep", order=5, options=_vpt_options, bench=True)
 def _vpt_deep(black_box: BlackBox, num_classes: int, num_prompts: int | None = None,
               knowledge=None, **_) -> AdaptedViT:
     return VPT(black_box, num_classes, deep=True, num_prompts=num_prompts or 10, knowledge=knowledge)

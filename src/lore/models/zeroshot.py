@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..backbone import BlackBox
-from . import register
+from .registry import register
 from .base import AdaptedViT, require_clip, text_classifier
 
 
@@ -17,6 +17,6 @@ class ZeroShot(AdaptedViT):
         super().__init__(black_box, num_classes, text_classifier(black_box, num_classes, knowledge))
 
 
-@register("zeroshot")
+@register("zeroshot", order=1, needs_knowledge=True, trains=False, dry_run_knowledge=True)
 def _zeroshot(black_box: BlackBox, num_classes: int, knowledge=None, **_) -> AdaptedViT:
     return ZeroShot(black_box, num_classes, knowledge)

@@ -21,7 +21,6 @@ every tuning run and the chosen pair.
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import sys
 from dataclasses import dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import LoreError
 from ..io import read_json
 from ..recipes import lookup
-from ..sweep import METHOD_ALIASES
+from ..models.registry import aliases
 from .runner import Grid
 from .tables import paper_counts
 
@@ -28,7 +28,7 @@ TEST_PROXY = {"zeroshot": "b-b", "lore": "lore"}
 def run_images(group, method: str, dataset: str, shots: int, base: dict) -> tuple[int, int]:
     """(training images, test images) one run of the grid processes."""
     counts = paper_counts(dataset)
-    real = METHOD_ALIASES.get(method, {}).get("method", method)
+    real = aliases().get(method, {}).get("method", method)
     if real == "zeroshot" or shots == 0:
         return 0, counts["test"]
     recipe = lookup(dataset, real, group.backbone, shots, group.curriculum)
@@ -98,7 +98,7 @@ def plan(grid: Grid, data_root: Path, base: dict, bench: str | None = None, meas
                         continue
                     totals["train_images"] += n * train
                     totals["test_images"] += n * test
-                    real = METHOD_ALIASES.get(m, {}).get("method", m)
+                    real = aliases().get(m, {}).get("method", m)
                     for name, rates in sources.items():
                         if "backbone" in rates and rates["backbone"] != (base.get("backbone") or g.backbone):
                             continue

@@ -195,25 +195,29 @@ def onnx_to_timm(model) -> dict[str, np.ndarray]:
         "norm.bias": tensor(p + "layernorm.bias"),
     }
     for i in range(FACTS["depth"]):
-        hf, b = f"{p}encoder.layer.{i}.", f"blocks.{i}."
-        qkv = ("query", "key", "value")
-        state.update({
-            b + "norm1.weight": tensor(hf + "norm1.weight"),
-            b + "norm1.bias": tensor(hf + "norm1.bias"),
-            b + "attn.qkv.weight": np.concatenate([weight(i, q) for q in qkv], axis=0),
-            b + "attn.qkv.bias": np.concatenate([tensor(f"{hf}attention.attention.{q}.bias") for q in qkv]),
-            b + "attn.proj.weight": weight(i, "dense"),
-            b + "attn.proj.bias": tensor(hf + "attention.output.dense.bias"),
-            b + "ls1.gamma": tensor(hf + "layer_scale1.lambda1"),
-            b + "norm2.weight": tensor(hf + "norm2.weight"),
-            b + "norm2.bias": tensor(hf + "norm2.bias"),
-            b + "mlp.fc1.weight": weight(i, "fc1"),
-            b + "mlp.fc1.bias": tensor(hf + "mlp.fc1.bias"),
-            b + "mlp.fc2.weight": weight(i, "fc2"),
-            b + "mlp.fc2.bias": tensor(hf + "mlp.fc2.bias"),
-            b + "ls2.gamma": tensor(hf + "layer_scale2.lambda1"),
-        })
+        state.update(_block_state(i, f"{p}encoder.layer.{i}.", tensor, weight))
     return {k: np.array(v, dtype=np.float32, order="C") for k, v in state.items()}  # owned, writable
+
+
+def _block_state(i: int, hf: str, tensor, weight) -> dict[str, np.ndarray]:
+    """Block ``i`` of the timm state dict from the ONNX graph's tensors (``hf``: its name prefix)."""
+    b, qkv = f"blocks.{i}.", ("query", "key", "value")
+    return {
+        b + "norm1.weight": tensor(hf + "norm1.weight"),
+        b + "norm1.bias": tensor(hf + "norm1.bias"),
+        b + "attn.qkv.weight": np.concatenate([weight(i, q) for q in qkv], axis=0),
+        b + "attn.qkv.bias": np.concatenate([tensor(f"{hf}attention.attention.{q}.bias") for q in qkv]),
+        b + "attn.proj.weight": weight(i, "dense"),
+        b + "attn.proj.bias": tensor(hf + "attention.output.dense.bias"),
+        b + "ls1.gamma": tensor(hf + "layer_scale1.lambda1"),
+        b + "norm2.weight": tensor(hf + "norm2.weight"),
+        b + "norm2.bias": tensor(hf + "norm2.bias"),
+        b + "mlp.fc1.weight": weight(i, "fc1"),
+        b + "mlp.fc1.bias": tensor(hf + "mlp.fc1.bias"),
+        b + "mlp.fc2.weight": weight(i, "fc2"),
+        b + "mlp.fc2.bias": tensor(hf + "mlp.fc2.bias"),
+        b + "ls2.gamma": tensor(hf + "layer_scale2.lambda1"),
+    }
 
 
 def backbone_session(model, size: int):

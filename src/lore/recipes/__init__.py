@@ -7,7 +7,6 @@ recipe only fills options that the YAML file and the flags leave unset.
 
 from __future__ import annotations
 
-from dataclasses import fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -105,19 +104,19 @@ def lookup(dataset: str, method: str, backbone: str, shots: int | None,
     return values
 
 
-def apply_recipe(values: dict, recipe_backbone: str | None = None, recipe_shots: int | None = None) -> dict:
+def apply_recipe(values: dict, defaults: dict, recipe_backbone: str | None = None,
+                 recipe_shots: int | None = None) -> dict:
     """``values`` (from ``--config`` and explicit flags) over the named recipe; unchanged without one.
 
-    ``recipe_backbone`` / ``recipe_shots`` pick the recipe of another backbone / shot count than the
-    one trained (smoke runs on a tiny stand-in backbone and tiny data)."""
-    from ..config import TrainConfig
-
+    ``defaults``: every option's default (:func:`lore.config.defaults`; passed in, so the recipes
+    stay data that the configuration reads, never the other way round). ``recipe_backbone`` /
+    ``recipe_shots`` pick the recipe of another backbone / shot count than the one trained (smoke
+    runs on a tiny stand-in backbone and tiny data)."""
     name = values.get("recipe")
     if not name:
         return values
     if name not in RECIPES:
         raise LoreError(f"--recipe {name!r}: choose one of {', '.join(RECIPES)}")
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
     get = lambda key: values.get(key, defaults.get(key))  # noqa: E731
     dataset = get("dataset")
     if not dataset:

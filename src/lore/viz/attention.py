@@ -42,7 +42,7 @@ def run_data_config(model: nn.Module, run: str | None) -> dict:
     """The backbone's mean / std with the crop the run was tested with (not the backbone's own);
     a bare backbone's own."""
     from ..runs import saved_config
-    from ..train import run_data_config as with_run_crop
+    from ..runs import run_data_config as with_run_crop
 
     return with_run_crop(saved_config(run), model.black_box) if run else dict(model.black_box.data_config)
 

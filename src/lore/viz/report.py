@@ -29,9 +29,6 @@ from ..errors import LoreError
 
 KNOWN_FILES = ("final.json", "results.json", "bench.json", "model_summary.json", "metrics.jsonl",
                "locality.json")
-# Row order of the results table: baselines first, LORE last (the paper's layout).
-METHOD_ORDER = ("b-b", "zeroshot", "linear", "full", "vpt-shallow", "vpt-deep", "coop", "cocoop", "prograd",
-                "maple", "clip-adapter", "tip-adapter", "tip-adapter-f", "lore (w/o L_kp)", "lore")
 MAX_IMAGE_BYTES = 25 * 2**20  # a figure larger than this is listed, not inlined
 
 # --------------------------------------------------------------------------------------------
@@ -182,11 +179,11 @@ def run_dataset(run: Run) -> str:
 
 
 def row_label(run: Run) -> str:
-    method = str(run.info.get("method", "?"))
+    """The method's own label for the run's options (e.g. LORE trained --no-kp)."""
+    from ..models.registry import row_label as registered_label
+
     options = (run.model or {}).get("options") or {}
-    if method == "lore" and options.get("kp") is False:
-        return "lore (w/o L_kp)"
-    return method
+    return registered_label(str(run.info.get("method", "?")), options)
 
 
 def _number(value) -> float | None:
@@ -230,9 +227,10 @@ class Cell:
 
 
 def _method_key(label: str) -> tuple[float, str]:
-    # methods lore does not know go after the baselines, before the LORE rows
-    other = METHOD_ORDER.index("lore (w/o L_kp)") - 0.5
-    return (METHOD_ORDER.index(label) if label in METHOD_ORDER else other, label)
+    # the registry's table order: baselines first, LORE last; unknown methods before LORE
+    from ..models.registry import row_rank
+
+    return row_rank(label), label
 
 
 def _column_key(key: tuple) -> tuple:

@@ -12,6 +12,12 @@ MAX_FUNCTION_LINES = 60
 REGISTRY_CLIENTS = ("train", "config", "bench", "sweep", "viz/report", "cli")
 
 
+def _room_files(room: str) -> list[Path]:
+    """A room is a module or a package."""
+    base = SRC / "lore" / room
+    return sorted(base.glob("*.py")) if base.is_dir() else [base.with_suffix(".py")]
+
+
 def _modules() -> dict[str, Path]:
     out = {}
     for path in (SRC / "lore").rglob("*.py"):
@@ -85,8 +91,8 @@ def test_harness_rooms_do_not_branch_on_method_names():
     names = set(available_methods()) | set(aliases())
     assert {"lore", "vpt-deep", "lore-no-kp"} <= names
     found = []
-    for room in REGISTRY_CLIENTS:
-        path = SRC / "lore" / f"{room}.py"
+    for path in [p for room in REGISTRY_CLIENTS for p in _room_files(room)]:
+        room = path.relative_to(SRC / "lore").with_suffix("")
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, ast.Compare):
                 continue

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import LoreError
 from .io import atomic_save, atomic_write_json, read_json, state_dict_mismatch
+from . import rundir
 
 FORMAT_VERSION = 1
 
@@ -35,7 +36,7 @@ def backbone_fingerprint(model: nn.Module) -> str:
 
 
 def save_model(run_dir: str | Path, model: nn.Module, recipe: dict,
-               name: str = "checkpoint.safetensors") -> None:
+               name: str = rundir.WEIGHTS) -> None:
     """Write the trainable tensors and ``model.json`` (atomically, tensors first)."""
     run_dir = Path(run_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
@@ -44,17 +45,17 @@ def save_model(run_dir: str | Path, model: nn.Module, recipe: dict,
     meta.update(format_version=FORMAT_VERSION, method=model.method,
                 options=model.rebuild_options(), num_classes=model.num_classes,
                 backbone_fingerprint=None if model.black_box.trainable else backbone_fingerprint(model))
-    atomic_write_json(run_dir / "model.json", meta)
+    atomic_write_json(run_dir / rundir.MODEL, meta)
 
 
 def read_recipe(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise LoreError(f"--run {run_dir}: not a directory")
-    if not (run_dir / "model.json").is_file() and (run_dir / "config.yaml").is_file():
+    if not (run_dir / rundir.MODEL).is_file() and (run_dir / rundir.CONFIG).is_file():
         raise LoreError(f"--run {run_dir}: no model.json yet; the run is still training or stopped before "
                         f"it finished (continue it with lore train --resume {run_dir})")
-    meta = read_json(run_dir / "model.json", "run description")
+    meta = read_json(run_dir / rundir.MODEL, "run description")
     if not isinstance(meta, dict):
         raise LoreError(f"{run_dir}/model.json is not a JSON object; it was not written by lore train")
     types = {"method": str, "backbone": str, "num_classes": int}
@@ -82,7 +83,7 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint_name: str = "checkpoint.safetensors",
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint_name: str = rundir.WEIGHTS,
              backbone_checkpoint: str | None = None) -> tuple[nn.Module, dict]:
     """Rebuild a trained model from its run directory (no knowledge encoder needed)."""
     from .models import build_model
@@ -106,7 +107,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint
 def _attach_knowledge(model: nn.Module, run_dir: Path) -> None:
     """Give a LORE model its cached class knowledge back, for KLA attention maps. Optional:
     inference never needs it, and a run whose knowledge file was deleted still loads."""
-    path = run_dir / "knowledge.safetensors"
+    path = run_dir / rundir.KNOWLEDGE
     if getattr(model, "kla", None) is None or not path.is_file():
         return
     try:

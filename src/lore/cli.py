@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+from . import rundir
 from .errors import LoreError
 from .values import default_workers
 
@@ -112,7 +113,7 @@ def _warn_if_trained_on(run_dir: Path, samples: list, split: str) -> None:
     """`eval --split val` on a run whose few-shot pool held val images scores images it trained on."""
     import json
 
-    shots = run_dir / "fewshot.json"
+    shots = run_dir / rundir.FEWSHOT
     if split == "test" or not shots.is_file():
         return
     try:

@@ -15,7 +15,7 @@ import yaml
 
 from .errors import LoreError
 from .recipes import apply_recipe
-from .values import default_workers, typed
+from .values import INT_RANGES, default_workers, typed
 
 
 
@@ -139,10 +139,6 @@ class TrainConfig:
     maple_depth: int = opt(9, "MaPLe: prompted layers J of both towers")
 
 
-INT_RANGES = {"epochs": 0, "batch_size": 1, "img_size": 8, "workers": 0, "keep_last": 1, "save_every": 0,
-              "local_prompts": 0, "lin_blocks": 0, "lin_k": 1, "kla_topn": 1, "bottleneck": 1,
-              "val_every": 0, "coop_ctx": 1, "cocoop_ctx": 1, "maple_ctx": 1, "maple_depth": 1, "stage_h_epochs": 1, "warmup_epochs": 0,
-              "bn_freeze_steps": 1}
 
 
 def validate(cfg: TrainConfig) -> None:

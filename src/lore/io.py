@@ -294,15 +294,8 @@ def load_pickle_safe(path: str | os.PathLike, what: str = "pickle file",
 # ---------------------------------------------------------------------------------------------
 # where commands may write
 
-# What `lore train` keeps in a run directory; no other command may replace these.
-RUN_FILES = frozenset({"config.yaml", "metrics.jsonl", "final.json", "checkpoint.safetensors", "model.json",
-                       "fewshot.json", "fewshot_e.json", "fewshot_h.json", "knowledge.safetensors",
-                       "zeroshot_text.safetensors", "model_summary.json", "checkpoints", ".lock"})
-
-
-def is_run_dir(folder: str | os.PathLike) -> bool:
-    folder = Path(folder)
-    return (folder / "config.yaml").is_file() or (folder / "model.json").is_file()
+# the run directory's files and the "is this a run" test have one owner
+from .rundir import RUN_FILES, is_run_dir  # noqa: E402,F401
 
 
 def check_writable(path: str | os.PathLike, flag: str = "--out") -> None:
@@ -372,19 +365,5 @@ def inside_root(root: str | os.PathLike, name: str, source: str | os.PathLike, l
 # TrainConfig fields that name files or folders: stored absolute, so a run does not depend on the
 # folder it was started from (``lore eval --run`` elsewhere reads the same data). Not image_dir: a
 # relative one is read from the (now absolute) data folder.
-PATH_FIELDS = ("data", "classnames", "checkpoint", "out", "resume")
-
-
-def absolute_paths(cfg: Any, names: tuple[str, ...] = PATH_FIELDS) -> Any:
-    """A copy of the dataclass ``cfg`` with its path fields (and a ``file:`` knowledge or a
-    template file) made absolute."""
-    import dataclasses
-
-    changes = {n: str(Path(getattr(cfg, n)).absolute()) for n in names if getattr(cfg, n, None)}
-    knowledge = getattr(cfg, "knowledge", None)
-    if isinstance(knowledge, str) and knowledge.startswith("file:"):
-        changes["knowledge"] = "file:" + str(Path(knowledge[5:]).absolute())
-    template = getattr(cfg, "template", None)
-    if isinstance(template, str) and "{}" not in template and Path(template).is_file():
-        changes["template"] = str(Path(template).absolute())
-    return dataclasses.replace(cfg, **changes)
+# the path options and making them absolute belong to the options' facts
+from .values import PATH_FIELDS, absolute_paths  # noqa: E402,F401

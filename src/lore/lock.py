@@ -19,8 +19,9 @@ from typing import Iterator
 
 from .errors import LoreError
 from .io import check_output_dir
+from . import rundir
 
-LOCK_NAME = ".lock"
+LOCK_NAME = rundir.LOCK
 
 
 def _holder(path: Path) -> str:
@@ -61,7 +62,7 @@ def acquire(run_dir: str | os.PathLike, flag: str = "--out") -> int:
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     """Delete the temporaries of atomic writes (``.NAME.XXXX.tmp``) that a killed process left in
     the run. Only safe while holding the run's lock: no one else can be writing them."""
-    stale = [p for folder in (run_dir, run_dir / "checkpoints") if folder.is_dir()
+    stale = [p for folder in (run_dir, run_dir / rundir.CHECKPOINTS) if folder.is_dir()
              for p in folder.glob(".*.tmp") if p.is_file()]
     for p in stale:
         p.unlink(missing_ok=True)
@@ -92,7 +93,7 @@ def _remove_if_empty_run(run_dir: Path) -> None:
     """A run that failed before producing anything (no weights, a wrong option found late) leaves
     no folder behind; anything beyond the options file is kept for the user to inspect."""
     names = {p.name for p in run_dir.iterdir()}
-    if names <= {LOCK_NAME, "config.yaml"}:
+    if names <= {LOCK_NAME, rundir.CONFIG}:
         for name in names:
             (run_dir / name).unlink(missing_ok=True)
         with contextlib.suppress(OSError):

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from .checkpoint import load_run
 from .errors import LoreError
+from . import rundir
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +35,7 @@ def saved_config(run_dir: str | Path, **overrides):
     ``overrides`` (how to run now: batch size, device, ...) and no resume."""
     from . import config as config_mod
 
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / rundir.CONFIG
     saved = config_mod.load_yaml(str(path)) if path.is_file() else {}
     return config_mod.make({**saved, "resume": None, **overrides}, source=str(path))
 

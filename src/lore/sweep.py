@@ -35,11 +35,11 @@ from . import config as config_mod
 from .config import TrainConfig
 from .errors import LoreError
 from .io import absolute_paths, atomic_write_json, atomic_write_text, read_json
+from .values import EXECUTION_FIELDS
+from . import rundir
 
 # TrainConfig fields the grid sets per cell (not passed through from the command line)
 GRID_FIELDS = {"method", "data", "format", "shots", "seed", "out", "resume", "dry_run", "num_classes"}
-# fields that may differ between invocations without changing a cell's result
-EXECUTION_FIELDS = {"device", "workers", "save_every", "keep_last", "resume", "out", "compile", "val_every"}
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 OPTION = re.compile(r"^([a-z][a-z0-9_-]*)=(.*)$")
 
@@ -213,7 +213,7 @@ def refuse_changed_recipes(cells: list[tuple[Cell, Path, dict, dict]]) -> None:
     with them."""
     for cell, out, base, kwargs in cells:
         run_dir = cell.run_dir(out)
-        if (run_dir / "final.json").is_file() or (run_dir / "checkpoints").is_dir():
+        if rundir.holds_run(run_dir):
             _check_same_recipe(run_dir, cell_config(cell, out, base, **kwargs))
 
 
@@ -253,10 +253,10 @@ def run_cell(cell: Cell, out: Path, base: dict, recipe_backbone: str | None = No
 
     cfg = cell_config(cell, out, base, recipe_backbone, shots_cap)
     run_dir = cell.run_dir(out)
-    if (run_dir / "final.json").is_file():
+    if rundir.finished(run_dir):
         _check_same_recipe(run_dir, cfg)
-        return read_json(run_dir / "final.json", "cell result"), "skipped"
-    if (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints").is_dir():
+        return read_json(run_dir / rundir.FINAL, "cell result"), "skipped"
+    if rundir.resumable(run_dir):
         _check_same_recipe(run_dir, cfg)
         return train_run(dataclasses.replace(cfg, resume=str(run_dir))), "resumed"
     return train_run(cfg), "ran"
@@ -264,7 +264,7 @@ def run_cell(cell: Cell, out: Path, base: dict, recipe_backbone: str | None = No
 
 def _check_same_recipe(run_dir: Path, cfg: TrainConfig) -> None:
     """A kept cell must have been trained with the options asked for now, or the table mixes recipes."""
-    saved = config_mod.load_yaml(str(run_dir / "config.yaml"))
+    saved = config_mod.load_yaml(str(run_dir / rundir.CONFIG))
     from .runs import resolve_backbone_defaults
 
     # runs store absolute paths and the backbone-dependent defaults they resolved

@@ -1,4 +1,6 @@
-"""Option values as the user means them, whatever wrote them.
+"""Option values as the user means them, whatever wrote them; and the facts about options that
+several commands need: their ranges, which ones are paths, which ones may change on resume and
+which ones do not change a run's result.
 
 A YAML file, a recipe or the command line may hand ``TrainConfig`` a value of the wrong type:
 PyYAML reads ``lr: 1e-3`` as the *string* "1e-3" (YAML 1.1 wants a dot), ``epochs: 1.5`` as a
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import LoreError
@@ -17,6 +20,16 @@ from .errors import LoreError
 _TRUE = {"true", "yes", "on", "1", "y"}
 _FALSE = {"false", "no", "off", "0", "n"}
 
+# int options with a lower bound
+INT_RANGES = {"epochs": 0, "batch_size": 1, "img_size": 8, "workers": 0, "keep_last": 1, "save_every": 0,
+              "local_prompts": 0, "lin_blocks": 0, "lin_k": 1, "kla_topn": 1, "bottleneck": 1,
+              "val_every": 0, "coop_ctx": 1, "cocoop_ctx": 1, "maple_ctx": 1, "maple_depth": 1, "stage_h_epochs": 1,
+              "warmup_epochs": 0, "bn_freeze_steps": 1}
+# options holding a path (stored absolute in a run's config.yaml)
+PATH_FIELDS = ("data", "classnames", "checkpoint", "out", "resume")
+# options that may differ between two runs of the same cell without changing its result (sweep reuse)
+EXECUTION_FIELDS = frozenset({"device", "workers", "save_every", "keep_last", "resume", "out", "compile",
+                              "val_every"})
 # float options with a range (low, high, high inclusive?) beyond "finite"
 FLOAT_RANGES = {"momentum": (0.0, 1.0, False), "kp_weight": (0.0, math.inf, False),
                 "adapter_ratio": (0.0, 1.0, True), "tip_alpha": (0.0, math.inf, False),
@@ -127,8 +140,6 @@ def refuse_recipe_changes(cfg: Any, saved: dict, run_dir: Any) -> None:
     An option counts as given when it differs from its default (``cfg`` from the command line)."""
     import dataclasses
 
-    from .io import absolute_paths
-
     given = absolute_paths(cfg)
     for f in dataclasses.fields(given):
         if f.name in RESUME_MAY_CHANGE or f.name not in saved:
@@ -140,3 +151,18 @@ def refuse_recipe_changes(cfg: Any, saved: dict, run_dir: Any) -> None:
             raise LoreError(f"--resume {run_dir}: {flag} {value!r} differs from the run's {saved[f.name]!r}; "
                             "a resumed run keeps its recipe (only --device, --workers, --save-every, "
                             "--keep-last, --log and --log-images may change); start a new run with --out to change it")
+
+
+def absolute_paths(cfg: Any, names: tuple[str, ...] = PATH_FIELDS) -> Any:
+    """A copy of the dataclass ``cfg`` with its path fields (and a ``file:`` knowledge or a
+    template file) made absolute."""
+    import dataclasses
+
+    changes = {n: str(Path(getattr(cfg, n)).absolute()) for n in names if getattr(cfg, n, None)}
+    knowledge = getattr(cfg, "knowledge", None)
+    if isinstance(knowledge, str) and knowledge.startswith("file:"):
+        changes["knowledge"] = "file:" + str(Path(knowledge[5:]).absolute())
+    template = getattr(cfg, "template", None)
+    if isinstance(template, str) and "{}" not in template and Path(template).is_file():
+        changes["template"] = str(Path(template).absolute())
+    return dataclasses.replace(cfg, **changes)

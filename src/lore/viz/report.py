@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LoreError
+from .. import rundir
 
-KNOWN_FILES = ("final.json", "results.json", "bench.json", "model_summary.json", "metrics.jsonl",
+KNOWN_FILES = (rundir.FINAL, "results.json", "bench.json", rundir.SUMMARY, rundir.METRICS,
                "locality.json")
 MAX_IMAGE_BYTES = 25 * 2**20  # a figure larger than this is listed, not inlined
 
@@ -84,7 +85,7 @@ def discover(paths: list[str]) -> list[Path]:
             continue
         below = []
         for root, dirs, _ in os.walk(p):
-            dirs[:] = sorted(d for d in dirs if d != "checkpoints" and not d.startswith("."))
+            dirs[:] = sorted(d for d in dirs if d != rundir.CHECKPOINTS and not d.startswith("."))
             if _is_run_dir(Path(root)):
                 below.append(Path(root))
         if not below:
@@ -129,13 +130,13 @@ def _read_jsonl(path: Path, notes: list[str]) -> list[dict]:
 
 def read_run(path: Path, name: str, notes: list[str]) -> Run:
     run = Run(path, name)
-    run.final = _read_json(path / "final.json", notes)
+    run.final = _read_json(path / rundir.FINAL, notes)
     run.results = _read_json(path / "results.json", notes)
     run.bench = _read_json(path / "bench.json", notes)
     run.summary = _read_json(path / "model_summary.json", notes)
-    run.model = _read_json(path / "model.json", notes)
+    run.model = _read_json(path / rundir.MODEL, notes)
     run.locality = _read_json(path / "locality.json", notes)
-    run.metrics = _read_jsonl(path / "metrics.jsonl", notes)
+    run.metrics = _read_jsonl(path / rundir.METRICS, notes)
     run.figures = sorted(path.glob("*.png"), key=_figure_order)
     return run
 

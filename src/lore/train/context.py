@@ -1,0 +1,37 @@
+"""The per-run context every training and evaluation pass reads: options, processes, device,
+run directory, the run's data config; and the mixed-precision choice."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig
+from ..distributed import DistInfo
+
+
+@dataclass
+class Context:
+    """One run: its options, its process group, device, directory and test-transform data config."""
+    cfg: TrainConfig
+    info: DistInfo
+    device: torch.device
+    out: Path
+    data_config: dict = field(default_factory=dict)
+
+    def log(self, msg: str) -> None:
+        if self.info.main:
+            tqdm.write(msg, file=sys.stderr)
+
+
+def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    # on a CPU only an explicit --amp bf16 (fast where the CPU has AMX / AVX512-BF16 units)
+    if cfg.amp == "none" or (device.type != "cuda" and cfg.amp != "bf16"):
+        return None
+    if cfg.amp == "fp16":
+        return torch.float16
+    return torch.bfloat16

@@ -1,0 +1,96 @@
+"""Evaluation and feature passes: test accuracy, per-epoch metrics, frozen features, BatchNorm
+recalibration."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .. import bn_modes
+from ..data import ImageDataset, ShardedSampler, eval_transform
+from ..distributed import all_reduce_sum
+from ..metrics import accuracy
+from .context import Context, amp_dtype
+
+
+def eval_loader(ctx: Context, samples: list, batch_size: int | None = None):
+    dataset = ImageDataset(samples, eval_transform(ctx.cfg.img_size, ctx.data_config))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size or ctx.cfg.batch_size,
+                                       sampler=ShardedSampler(len(samples), ctx.info.rank, ctx.info.world),
+                                       num_workers=ctx.cfg.workers, pin_memory=ctx.device.type == "cuda")
+
+
+@torch.no_grad()
+def evaluate(ctx: Context, model: nn.Module, samples: list) -> dict:
+    """Top-1 / top-5 accuracy over ``samples`` (sharded across processes, reduced)."""
+    model.eval()
+    amp = amp_dtype(ctx.cfg, ctx.device)
+    sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)
+    start = time.time()
+    for images, targets, _ in tqdm(eval_loader(ctx, samples), desc="eval", leave=False,
+                                   disable=not ctx.info.main or None, file=sys.stderr):
+        images, targets = images.to(ctx.device), targets.to(ctx.device)
+        with torch.autocast(ctx.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = model(images)
+        top1, top5 = accuracy(logits.float(), targets, topk=(1, min(5, logits.shape[1])))
+        n = len(targets)
+        sums += torch.tensor([top1 * n, top5 * n, n], dtype=torch.float64, device=ctx.device)
+    sums = all_reduce_sum(sums, ctx.info)
+    seconds = time.time() - start
+    n = max(sums[2].item(), 1.0)
+    return {"acc1": sums[0].item() / n, "acc5": sums[1].item() / n, "n": int(sums[2].item()),
+            "seconds": round(seconds, 3), "images_per_s": round(sums[2].item() / max(seconds, 1e-9), 2)}
+
+
+@torch.no_grad()
+def encode(ctx: Context, model: nn.Module, samples: list, use_prompts: bool = False,
+            with_logits: bool = False) -> tuple[torch.Tensor, ...]:
+    """Pooled features (pre-head), labels (and, ``with_logits``, the model's logits) of ``samples``
+    in order (single process). Without prompts: the frozen backbone's features."""
+    from ..models.base import AdaptedViT
+
+    model.eval()
+    feats, labels, logits = [], [], []
+    loader = torch.utils.data.DataLoader(ImageDataset(samples, eval_transform(ctx.cfg.img_size, ctx.data_config)),
+                                         batch_size=ctx.cfg.batch_size, num_workers=ctx.cfg.workers)
+    for images, targets, _ in tqdm(loader, desc="features", leave=False, disable=not ctx.info.main or None,
+                                   file=sys.stderr):
+        images = images.to(ctx.device)
+        out = model.features(images) if use_prompts else vars(model.black_box(images))
+        feats.append(out["pooled"].float().cpu())
+        labels.append(targets)
+        if with_logits:  # one pass: the plain AdaptedViT forward is head(pooled)
+            plain = type(model).forward is AdaptedViT.forward and use_prompts
+            logits.append((model.head(out["pooled"]) if plain else model(images)).float().cpu())
+    result = (torch.cat(feats), torch.cat(labels))
+    return result + (torch.cat(logits),) if with_logits else result
+
+
+def recalibrate(ctx: Context, model: nn.Module, samples: list) -> None:
+    """--bn-mode recalibrate: the White Box's BatchNorm statistics from all training images."""
+    bn_modes.recalibrate(model, eval_loader(ctx, samples), ctx.device)
+
+
+def epoch_metrics(ctx: Context, model: nn.Module, sums: dict, epoch: int, stage: str, lr: float,
+                   seconds: float, val: list | None, train_samples: list) -> dict:
+    keys = sorted(sums)
+    vec = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=ctx.device)
+    vec = dict(zip(keys, all_reduce_sum(vec, ctx.info).tolist()))
+    n = max(vec.get("n", 0.0), 1.0)
+    line = {"stage": stage, "epoch": epoch + 1, "lr": lr, "loss": vec.get("loss", 0.0) / n}
+    for k in keys:
+        if k.startswith("loss_"):
+            line[k] = vec[k] / n
+    line["train_acc"] = vec.get("correct", 0.0) / n
+    if val and ctx.cfg.val_every and (epoch + 1) % ctx.cfg.val_every == 0:
+        mode = model.training
+        if ctx.cfg.bn_mode == "recalibrate":
+            recalibrate(ctx, model, train_samples)
+        line["val_acc"] = evaluate(ctx, model, val)["acc1"]
+        model.train(mode)
+    line["seconds"] = round(seconds, 3)
+    return line

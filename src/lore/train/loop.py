@@ -1,0 +1,223 @@
+"""The training loop of one stage: a fresh SGD, the learning-rate schedule, AMP, DDP, resume
+from the stage's last checkpoint, a checkpoint and a metrics line per epoch."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .. import bn_modes, tensorboard_log
+from ..checkpoint import load_train_state
+from ..config import TrainConfig
+from ..data import EpochBatchSampler, ImageDataset, train_transform
+from ..data.sampling import check_batch_for_norm
+from ..distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm
+from ..errors import LoreError
+from ..progress import Heartbeat
+from .context import Context, amp_dtype
+from .bookkeeping import latest_state, save_state, truncate_metrics
+from .. import rundir
+
+
+def _cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * step / max(total, 1)))
+
+
+def learning_rate(cfg: TrainConfig, lr: float, epoch: int, global_step: int, steps_per_epoch: int,
+                  epochs: int, warm: int) -> float:
+    """The learning rate of one step: ``warm`` warm-up epochs, then the cosine from ``lr`` to --min-lr.
+
+    ``--warmup constant`` (CoOp / Dassl): --warmup-lr during the warm-up, then a cosine that keeps its
+    full length (Dassl's WARMUP_RECOUNT), so it never reaches its end. ``--warmup linear`` (VPT's
+    WarmupCosineSchedule): from 0 up to ``lr``, the cosine spanning the remaining epochs."""
+    per_epoch = cfg.lr_schedule == "epoch"  # the reference steps its cosine schedule once per epoch
+    now = epoch if per_epoch else global_step
+    warm_len = warm if per_epoch else warm * steps_per_epoch
+    total = epochs if per_epoch else epochs * steps_per_epoch
+    if cfg.warmup == "linear":
+        if now < warm_len:
+            return lr * now / warm_len
+        return _cosine_lr(now - warm_len, total - warm_len, lr, cfg.min_lr)
+    if global_step < steps_per_epoch * warm:
+        return cfg.warmup_lr
+    return _cosine_lr(max(now - warm_len, 0), total, lr, cfg.min_lr)
+
+
+class _Step(nn.Module):
+    """The training loss as a module's forward, so DDP's gradient hooks see it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, targets, index):
+        return self.model.training_loss(images, targets, index)
+
+
+@dataclass
+class _Loop:
+    """One stage's training loop: what it trains, with what, and where it stands."""
+    ctx: Context
+    model: nn.Module
+    samples: list
+    lr: float
+    stage: str
+    val: list | None
+    epochs: int
+    optimizer: torch.optim.Optimizer
+    dataset: ImageDataset
+    steps_per_epoch: int
+    counters: dict
+    step_fn: nn.Module
+    amp: torch.dtype | None
+    scaler: torch.amp.GradScaler
+    tb: object | None
+    epoch_metrics: Callable[..., dict]
+    cur_lr: float = 0.0
+
+
+def fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, val: list | None, epochs: int,
+        epoch_metrics: Callable[..., dict]) -> None:
+    """Train ``model`` on ``samples`` for ``epochs`` with a fresh SGD from ``lr``, resuming the
+    stage from its last checkpoint; ``epoch_metrics`` makes each epoch's metrics line
+    (:func:`lore.train.evaluate.epoch_metrics`)."""
+    loop = _start_loop(ctx, model, samples, lr, stage, val, epochs, epoch_metrics)
+    for epoch in range(loop.counters["epoch"], loop.epochs):
+        _train_epoch(loop, epoch)
+    if loop.tb is not None:
+        loop.tb.close()
+
+
+def _start_loop(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, val: list | None,
+                epochs: int, epoch_metrics: Callable[..., dict]) -> _Loop:
+    """The optimiser, data, step function and counters of a stage (resumed from its last state)."""
+    cfg, info, device = ctx.cfg, ctx.info, ctx.device
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise LoreError(f"--method {cfg.method} has no trainable parameters")
+    check_batch_for_norm(model, cfg.batch_size, info.world)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.wd)
+    dataset = ImageDataset(samples, train_transform(cfg.img_size, ctx.data_config, cfg.aug))
+    steps_per_epoch = EpochBatchSampler(len(samples), cfg.batch_size, cfg.seed, 0, info.rank, info.world).steps()
+    if steps_per_epoch == 0:
+        raise LoreError(f"{len(samples)} training images cannot fill a batch on {info.world} processes")
+    counters = {"stage": stage, "epoch": 0, "step": 0, "global_step": 0, "sums": {}}
+    resumed = latest_state(ctx.out / rundir.CHECKPOINTS, stage) if cfg.resume else None
+    if resumed is not None:
+        counters = load_train_state(resumed, model, optimizer)
+        ctx.log(f"resumed from {resumed} (epoch {counters['epoch']}, step {counters['step']})")
+    tb = None
+    if info.main:
+        truncate_metrics(ctx.out / rundir.METRICS, stage, counters["epoch"])
+        if cfg.log == "tensorboard":
+            tb = tensorboard_log.Writer(ctx.out, stage, resumed_epoch=counters["epoch"])
+    step_fn: nn.Module = _Step(model)
+    if info.enabled:
+        # the White Box BatchNorm sees the global batch, as in one process
+        step_fn = convert_sync_batchnorm(step_fn, device)
+        step_fn = nn.parallel.DistributedDataParallel(
+            step_fn, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        step_fn = torch.compile(step_fn)
+    amp = amp_dtype(cfg, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    return _Loop(ctx, model, samples, lr, stage, val, epochs, optimizer, dataset, steps_per_epoch, counters,
+                 step_fn, amp, scaler, tb, epoch_metrics)
+
+
+def _train_epoch(loop: _Loop, epoch: int) -> None:
+    """One epoch (from the resumed step), then its metrics line and checkpoint."""
+    ctx, cfg, info, counters, stage = loop.ctx, loop.ctx.cfg, loop.ctx.info, loop.counters, loop.stage
+    # the reference evaluates with model.eval() after epoch 1 and never switches back (and its
+    # stage h starts after an eval-mode selection pass): --bn-mode reference reproduces that
+    frozen_norm = cfg.bn_mode == "reference" and (epoch > 0 or stage == "h")
+    loop.model.train(not frozen_norm)
+    if cfg.bn_mode == "freeze":
+        bn_modes.set_frozen(loop.model, counters["global_step"] >= cfg.bn_freeze_steps)
+    sampler = EpochBatchSampler(len(loop.samples), cfg.batch_size, cfg.seed, epoch + 1000 * (stage == "h"),
+                                info.rank, info.world, start_step=counters["step"])
+    # an own generator: creating the iterator must not draw from the global RNG, or a resumed
+    # run's dropout masks would drift from the uninterrupted run's
+    loader = torch.utils.data.DataLoader(loop.dataset, batch_sampler=sampler, num_workers=cfg.workers,
+                                         pin_memory=ctx.device.type == "cuda",
+                                         generator=torch.Generator().manual_seed(cfg.seed + epoch))
+    sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in counters["sums"].items()}
+    epoch_start = time.time()
+    bar = tqdm(loader, desc=f"{stage} epoch {epoch + 1}/{loop.epochs}", disable=not info.main or None,
+               leave=False, dynamic_ncols=True, file=sys.stderr)
+    heartbeat = Heartbeat(bar)
+    for images, targets, index in bar:
+        batch_sums = _train_step(loop, epoch, sampler.global_batch(counters["step"]), images, targets, index)
+        for k, v in batch_sums.items():
+            sums[k] = sums.get(k, torch.tensor(0.0, dtype=torch.float64)) + v
+        bar.set_postfix(loss=f"{batch_sums['loss'] / max(batch_sums['n'], 1):.4f}", lr=f"{loop.cur_lr:.2e}")
+        if heartbeat.due():
+            ctx.log(f"{stage} epoch {epoch + 1}/{loop.epochs} step {counters['step']}/{loop.steps_per_epoch} "
+                    f"loss {float(sums['loss']) / max(float(sums['n']), 1):.4f} lr {loop.cur_lr:.2e} "
+                    f"({heartbeat.elapsed():.0f} s into the epoch)")
+        if cfg.save_every and counters["global_step"] % cfg.save_every == 0 and \
+                counters["step"] < loop.steps_per_epoch:
+            counters["sums"] = {k: float(v) for k, v in sums.items()}
+            save_state(ctx, loop.model, loop.optimizer, counters)
+    bar.close()
+    line = loop.epoch_metrics(ctx, loop.model, sums, epoch, stage, loop.cur_lr, time.time() - epoch_start, loop.val,
+                          loop.samples)
+    counters.update(epoch=epoch + 1, step=0, sums={})
+    if info.main:
+        with open(ctx.out / rundir.METRICS, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+        if loop.tb is not None:
+            loop.tb.epoch(line)
+    save_state(ctx, loop.model, loop.optimizer, counters)
+    ctx.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items()))
+
+
+def _train_step(loop: _Loop, epoch: int, global_batch: int, images: torch.Tensor, targets: torch.Tensor,
+                index: torch.Tensor) -> dict:
+    """One optimiser step; the batch's sums (images, loss, correct, loss terms)."""
+    ctx, cfg, counters, device = loop.ctx, loop.ctx.cfg, loop.counters, loop.ctx.device
+    step = counters["step"]
+    loop.cur_lr = learning_rate(cfg, loop.lr, epoch, counters["global_step"], loop.steps_per_epoch, loop.epochs,
+                                0 if loop.stage == "h" else cfg.warmup_epochs)
+    for g in loop.optimizer.param_groups:
+        g["lr"] = loop.cur_lr
+    if cfg.bn_mode == "freeze" and counters["global_step"] == cfg.bn_freeze_steps:
+        bn_modes.set_frozen(loop.model, True)
+    images = images.to(device, non_blocking=True)
+    if device.type == "cuda":  # the patch-embedding conv is faster in NHWC
+        images = images.contiguous(memory_format=torch.channels_last)
+    targets, index = targets.to(device), index.to(device)
+    with torch.autocast(device.type, dtype=loop.amp or torch.float32, enabled=loop.amp is not None):
+        per_sample, logits, terms = loop.step_fn(images, targets, index)
+    # sum / global batch * world: DDP's gradient averaging then gives the global-batch mean
+    loss = per_sample.float().sum() * ctx.info.world / global_batch
+    _check_finite(loss, ctx.info, epoch, step, counters["global_step"], ctx.out / rundir.CHECKPOINTS)
+    loop.optimizer.zero_grad(set_to_none=True)
+    loop.scaler.scale(loss).backward()
+    loop.scaler.step(loop.optimizer)
+    loop.scaler.update()
+    batch_sums = {"n": float(len(targets)), "loss": per_sample.detach().float().sum().item(),
+                  "correct": (logits.detach().argmax(-1) == targets).sum().item()}
+    for k, v in terms.items():
+        batch_sums[f"loss_{k}"] = v.float().sum().item()
+    counters["step"] += 1
+    counters["global_step"] += 1
+    return batch_sums
+
+
+def _check_finite(loss: torch.Tensor, info: DistInfo, epoch: int, step: int, global_step: int,
+                  ckpt_dir: Path) -> None:
+    flag = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
+    if all_reduce_sum(flag, info).item() > 0:
+        raise LoreError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step} (global step "
+                        f"{global_step}); training stopped, the last good checkpoint in {ckpt_dir} is "
+                        "kept. Lower --lr, check the data, or disable --amp")

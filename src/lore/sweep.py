@@ -20,23 +20,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import re
 import statistics
-import sys
-import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import torch
 import yaml
 
 from . import config as config_mod
 from .config import TrainConfig
 from .errors import LoreError
-from .io import absolute_paths, atomic_write_json, atomic_write_text, read_json
-from .values import EXECUTION_FIELDS
-from . import rundir
+from .io import atomic_write_json, atomic_write_text, read_json
+from .cells import attempt, refuse_changed, run as run_one
 
 # TrainConfig fields the grid sets per cell (not passed through from the command line)
 GRID_FIELDS = {"method", "data", "format", "shots", "seed", "out", "resume", "dry_run", "num_classes"}
@@ -183,20 +178,9 @@ def run_sweep(out: Path, methods: list[str], datasets: list[Dataset], shots: lis
     refuse_changed_recipes([(cell, out, base, {}) for cell in cells])
     out.mkdir(parents=True, exist_ok=True)
     for i, cell in enumerate(cells, 1):
-        prefix = f"[{i}/{len(cells)}] {cell.label()}:"
-        started = time.time()
-        try:
-            final, how = run_cell(cell, out, base)
-            results[cell] = {"status": "done", "test_acc1": final["test_acc1"], "how": how}
-            print(f"{prefix} {how}, test top-1 {100 * final['test_acc1']:.2f} "
-                  f"({time.time() - started:.1f} s)", file=sys.stderr)
-        except Exception as e:  # noqa: BLE001 - one failing cell (a bug, out of memory) must not end the sweep
-            results[cell] = {"status": "failed", "error": (str(e).strip() or type(e).__name__).splitlines()[0]}
-            print(f"{prefix} FAILED: {results[cell]['error']}", file=sys.stderr)
-        finally:
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        result = attempt(cell_config(cell, out, base), f"[{i}/{len(cells)}] {cell.label()}:")
+        results[cell] = ({"status": "done", "test_acc1": result["final"]["test_acc1"], "how": result["how"]}
+                         if result["status"] == "done" else result)
         table = summarise(out, cells, results, methods, datasets, shots, seeds)
         write_table(out, table)
     print(render_markdown(table))
@@ -210,11 +194,8 @@ def run_sweep(out: Path, methods: list[str], datasets: list[Dataset], shots: lis
 def refuse_changed_recipes(cells: list[tuple[Cell, Path, dict, dict]]) -> None:
     """A re-run with other options is refused before any file is touched: each (cell, output
     folder, options, cell_config keyword arguments) that already holds a run must have been run
-    with them."""
-    for cell, out, base, kwargs in cells:
-        run_dir = cell.run_dir(out)
-        if rundir.holds_run(run_dir):
-            _check_same_recipe(run_dir, cell_config(cell, out, base, **kwargs))
+    with them (:func:`lore.cells.refuse_changed`)."""
+    refuse_changed([cell_config(cell, out, base, **kwargs) for cell, out, base, kwargs in cells])
 
 
 def _option_value(text: str):
@@ -248,33 +229,8 @@ def cell_config(cell: Cell, out: Path, base: dict, recipe_backbone: str | None =
 
 def run_cell(cell: Cell, out: Path, base: dict, recipe_backbone: str | None = None,
              shots_cap: int | None = None) -> tuple[dict, str]:
-    """(final.json of the cell, how it was obtained: 'skipped', 'resumed' or 'ran')."""
-    from .train import run as train_run
-
-    cfg = cell_config(cell, out, base, recipe_backbone, shots_cap)
-    run_dir = cell.run_dir(out)
-    if rundir.finished(run_dir):
-        _check_same_recipe(run_dir, cfg)
-        return read_json(run_dir / rundir.FINAL, "cell result"), "skipped"
-    if rundir.resumable(run_dir):
-        _check_same_recipe(run_dir, cfg)
-        return train_run(dataclasses.replace(cfg, resume=str(run_dir))), "resumed"
-    return train_run(cfg), "ran"
-
-
-def _check_same_recipe(run_dir: Path, cfg: TrainConfig) -> None:
-    """A kept cell must have been trained with the options asked for now, or the table mixes recipes."""
-    saved = config_mod.load_yaml(str(run_dir / rundir.CONFIG))
-    from .runs import resolve_backbone_defaults
-
-    # runs store absolute paths and the backbone-dependent defaults they resolved
-    wanted = dataclasses.asdict(resolve_backbone_defaults(absolute_paths(cfg)))
-    # options the saved run predates (added to lore later) are taken to have had their default
-    diff = sorted(k for k in wanted if k not in EXECUTION_FIELDS and k in saved and saved[k] != wanted[k])
-    if diff:
-        k = diff[0]
-        raise LoreError(f"{run_dir} was run with other options ({k}: {saved.get(k)!r} there, "
-                        f"{wanted[k]!r} now); delete it or sweep into another --out")
+    """(final.json of the cell, how it was obtained: 'skipped', 'resumed' or 'ran'); :func:`lore.cells.run`."""
+    return run_one(cell_config(cell, out, base, recipe_backbone, shots_cap))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ import yaml
 
 from ..errors import LoreError
 from ..io import atomic_write_json, atomic_write_text
-from ..sweep import Cell, Dataset, refuse_changed_recipes, run_cell
+from ..cells import attempt
+from ..sweep import Cell, Dataset, cell_config, refuse_changed_recipes
 from .runner import Value, mean_of
 
 HERE = Path(__file__).parent
@@ -167,15 +168,8 @@ def choose(tuned: list[tuple[Run, dict]]) -> tuple[float, float] | None:
 
 
 def _attempt(run: Run, out: Path, values: dict, prefix: str) -> dict:
-    """One run through the sweep's cell runner; a failure is recorded, never raised."""
-    try:
-        final, how = run_cell(run, out, values)
-        print(f"{prefix} {how}, top-1 {100 * final['test_acc1']:.2f}", file=sys.stderr)
-        return {"status": "done", "final": final}
-    except Exception as e:  # noqa: BLE001 - a diverged pair or a broken task must not end the grid
-        error = (str(e).strip() or type(e).__name__).splitlines()[0]
-        print(f"{prefix} FAILED: {error}", file=sys.stderr)
-        return {"status": "failed", "error": error}
+    """One run through the grids' cell runner; a failure is recorded, never raised."""
+    return attempt(cell_config(run, out, values), prefix)
 
 
 def run_plan(plan: Plan, out: Path, base: dict) -> dict[tuple[str, str], dict]:

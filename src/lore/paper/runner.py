@@ -11,13 +11,13 @@ import csv
 import io
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LoreError
 from ..io import atomic_write_json, atomic_write_text
-from ..sweep import Cell, Dataset, refuse_changed_recipes, run_cell
+from ..cells import attempt
+from ..sweep import Cell, Dataset, cell_config, refuse_changed_recipes
 from .tables import Group, Table, dataset_groups, published_columns, published_rows
 
 
@@ -82,17 +82,9 @@ def run_grid(grid: Grid, data_root: Path, out: Path, base: dict,
             results[key] = {"status": "missing", "error": f"not run: {absent[cell.dataset.name]}"}
             print(f"{prefix} {results[key]['error']}", file=sys.stderr)
             continue
-        values = _cell_values(base, group)
-        started = time.time()
-        try:
-            final, how = run_cell(cell, out / "runs" / group.tag, values, recipe_backbone=group.backbone,
-                                  shots_cap=shots_cap)
-            results[key] = {"status": "done", "final": final}
-            print(f"{prefix} {how}, test top-1 {100 * final['test_acc1']:.2f} ({time.time() - started:.1f} s)",
-                  file=sys.stderr)
-        except Exception as e:  # noqa: BLE001 - one bad dataset or cell must not end the table
-            results[key] = {"status": "failed", "error": (str(e).strip() or type(e).__name__).splitlines()[0]}
-            print(f"{prefix} FAILED: {results[key]['error']}", file=sys.stderr)
+        cfg = cell_config(cell, out / "runs" / group.tag, _cell_values(base, group),
+                          recipe_backbone=group.backbone, shots_cap=shots_cap)
+        results[key] = attempt(cfg, prefix)
     return results
 
 

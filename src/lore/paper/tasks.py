@@ -34,7 +34,7 @@ TAGS = {"clip": "clip-b16", "vit": "vit-b16"}
 
 def run_tasks(grid: Grid, results: dict, data_root: Path, out: Path, base: dict) -> dict:
     """{(backbone, model, task): results dict | Value with the reason it is missing}."""
-    from ..cli import main as cli_main
+    from ..protocols import run_protocol
 
     measured: dict[tuple, object] = {}
     for short, tag in TAGS.items():
@@ -58,8 +58,10 @@ def run_tasks(grid: Grid, results: dict, data_root: Path, out: Path, base: dict)
                     if model == "b-b":
                         argv.append("--bb")
                     print(f"table4: {model} on {tag}: lore {' '.join(argv)}", file=sys.stderr)
-                    if cli_main(argv) != 0:
-                        measured[key] = Value(note=f"failed: lore {command} (see the message above)")
+                    try:
+                        run_protocol(argv[0], argv[1:])
+                    except Exception as e:  # noqa: BLE001 - one failing task must not end the table
+                        measured[key] = Value(note=f"failed: lore {command}: {str(e).splitlines()[0]}")
                         continue
                 measured[key] = read_json(target / "results.json", "task result")
     return measured

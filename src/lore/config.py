@@ -15,17 +15,15 @@ import yaml
 
 from .errors import LoreError
 from .recipes import apply_recipe
-from .values import INT_RANGES, default_workers, typed
+from .values import INT_RANGES, default_workers, opt, typed  # noqa: F401 - opt: the options' API
 
 
-
-
-def opt(default, help: str, choices=None, short=None):
-    return field(default=default, metadata={"help": help, "choices": choices, "short": short})
 
 
 @dataclass
-class TrainConfig:
+class CommonOptions:
+    """The harness's options; each method adds its own (``Method.config``, in its module), and
+    :data:`TrainConfig` holds them all."""
     # what to train
     method: str = opt("lore", "linear | vpt-shallow | vpt-deep | full | zeroshot | lore | coop | "
                       "clip-adapter | tip-adapter | tip-adapter-f | cocoop | prograd | maple")
@@ -100,45 +98,37 @@ class TrainConfig:
     resume: str | None = opt(None, "continue the run in this directory from its last checkpoint")
     dry_run: bool = opt(False, "build the model, print parameters and GFLOPs, write model_summary.json, exit")
     num_classes: int | None = opt(None, "number of classes for --dry-run (no data needed)")
-    # LORE
+    # class knowledge (LORE and the CLIP baselines)
     knowledge: str | None = opt(None, "class knowledge: clip:MODEL/TAG | sentence:MODEL | file:PATH")
     template: str | None = opt(None, "sentence template with {} (or a file of templates)")
-    kp: bool = opt(True, "use KLA and the K-L prototype loss (--no-kp: 'LORE w/o L_kp')")
-    kp_weight: float = opt(0.1, "weight lambda of L_kp")
     global_prompts: int | None = opt(None, "learnable prompts per layer (LORE: 8; VPT: 10)")
-    local_prompts: int = opt(2, "generated locality-aware prompts per layer")
-    lin_blocks: int = opt(1, "LIN blocks")
-    lin_k: int = opt(9, "LIN neighbours per token")
-    lin_variant: str = opt("vig", "LIN form", ["vig", "paper"])
-    kla_topn: int = opt(9, "KLA keeps the top-N scores per class")
-    kla_variant: str = opt("code", "KLA form", ["code", "paper"])
-    bottleneck: int = opt(32, "prompt-generator bottleneck width r")
-    pg_dropout: float = opt(0.1, "dropout on the generated prompts (the reference's 0.1)")
-    # "layer" won the few-shot study (README, "When LORE wins"); --recipe paper keeps the reference's BatchNorm
-    wb_norm: str = opt("layer", "normalisation inside LIN and PG: per-image LayerNorm/GroupNorm (default), the "
-                       "reference's BatchNorm ('batch'; --recipe paper), or none", ["batch", "layer", "none"])
-    negative: str | None = opt(None, "source of the wrong class p (default: zeroshot when the backbone has a "
-                               "CLIP text tower, else model)",
-                               ["zeroshot", "model", "probe", "none"])
     knowledge_dim: int = opt(512, "knowledge width for --dry-run without --knowledge")
     curriculum: str = opt("none", "training curriculum", ["none", "easy-to-hard"])
     stage_h_lr: float = opt(5e-4, "initial learning rate of the easy-to-hard 'hard' stage (cosine to --min-lr)")
     stage_h_epochs: int = opt(5, "epochs of the easy-to-hard 'hard' stage (a fresh SGD)")
-    # CLIP baselines
-    coop_ctx: int = opt(16, "CoOp: learnable context tokens")
-    coop_csc: bool = opt(False, "CoOp: class-specific context")
-    ctx_init: str | None = opt(None, "CoOp-family context init words ('' = random N(0, 0.02); default: the "
-                               "method's own: CoOp random, Co-CoOp and MaPLe 'a photo of a', ProGrad its "
-                               "template's words)")
-    adapter_ratio: float = opt(0.2, "CLIP-Adapter: residual ratio")
-    tip_alpha: float = opt(1.0, "Tip-Adapter: cache-model weight alpha")
-    tip_beta: float = opt(5.5, "Tip-Adapter: sharpness beta")
-    cocoop_ctx: int = opt(4, "Co-CoOp: learnable context tokens (initialised from 'a photo of a')")
-    prograd_lambda: float = opt(1.0, "ProGrad: share of the conflicting gradient component removed")
-    maple_ctx: int = opt(2, "MaPLe: learnable context tokens per layer")
-    maple_depth: int = opt(9, "MaPLe: prompted layers J of both towers")
 
 
+
+
+def _compose() -> type:
+    """TrainConfig: the common options, then every registered method's own (each declared once)."""
+    from .models.registry import methods
+
+    specs = [(f.name, f.type, field(default=f.default, metadata=f.metadata)) for f in fields(CommonOptions)]
+    owner: dict[str, str] = {f.name: "the harness" for f in fields(CommonOptions)}
+    for m in methods():
+        for f in fields(m.config) if m.config else ():
+            if f.name in owner:
+                raise LoreError(f"option {f.name!r} of method {m.name} is already declared by {owner[f.name]}")
+            owner[f.name] = m.name
+            specs.append((f.name, f.type, field(default=f.default, metadata=f.metadata)))
+    cls = dataclasses.make_dataclass("TrainConfig", specs)
+    cls.__module__ = __name__  # (make_dataclass's module= is Python 3.12+)
+    cls.__doc__ = "Every option of `lore train`: the common ones and each method's own."
+    return cls
+
+
+TrainConfig = _compose()
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -161,9 +151,6 @@ def validate(cfg: TrainConfig) -> None:
         raise LoreError(f"--pg-dropout must be in [0, 1), got {cfg.pg_dropout}")
     if not 0 <= cfg.holdout < 1:
         raise LoreError(f"--holdout must be in [0, 1), got {cfg.holdout}")
-    if cfg.prograd_lambda < 0:
-        raise LoreError(f"--prograd-lambda must be >= 0 (the share of the conflicting gradient removed), "
-                        f"got {cfg.prograd_lambda}")
     if cfg.curriculum == "easy-to-hard" and not cfg.shots:
         raise LoreError("--curriculum easy-to-hard needs --shots N (images per class in each stage)")
     if not cfg.dry_run and not cfg.resume:

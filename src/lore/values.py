@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -20,20 +21,17 @@ from .errors import LoreError
 _TRUE = {"true", "yes", "on", "1", "y"}
 _FALSE = {"false", "no", "off", "0", "n"}
 
-# int options with a lower bound
+# int options of the harness with a lower bound
 INT_RANGES = {"epochs": 0, "batch_size": 1, "img_size": 8, "workers": 0, "keep_last": 1, "save_every": 0,
-              "local_prompts": 0, "lin_blocks": 0, "lin_k": 1, "kla_topn": 1, "bottleneck": 1,
-              "val_every": 0, "coop_ctx": 1, "cocoop_ctx": 1, "maple_ctx": 1, "maple_depth": 1, "stage_h_epochs": 1,
-              "warmup_epochs": 0, "bn_freeze_steps": 1}
+              "val_every": 0, "stage_h_epochs": 1, "warmup_epochs": 0, "bn_freeze_steps": 1}
 # options holding a path (stored absolute in a run's config.yaml)
 PATH_FIELDS = ("data", "classnames", "checkpoint", "out", "resume")
 # options that may differ between two runs of the same cell without changing its result (sweep reuse)
 EXECUTION_FIELDS = frozenset({"device", "workers", "save_every", "keep_last", "resume", "out", "compile",
                               "val_every"})
 # float options with a range (low, high, high inclusive?) beyond "finite"
-FLOAT_RANGES = {"momentum": (0.0, 1.0, False), "kp_weight": (0.0, math.inf, False),
-                "adapter_ratio": (0.0, 1.0, True), "tip_alpha": (0.0, math.inf, False),
-                "tip_beta": (0.0, math.inf, False), "stage_h_lr": (0.0, math.inf, False)}
+# (methods declare their own options' ranges with opt(low=, high=))
+FLOAT_RANGES = {"momentum": (0.0, 1.0, False), "stage_h_lr": (0.0, math.inf, False)}
 
 
 def default_workers() -> int:
@@ -115,10 +113,31 @@ def _int_text(text: str) -> int:
         return int(number)
 
 
+def opt(default, help: str, choices=None, short=None, low: float | None = None, high: float | None = None):
+    """An option: its default, ``--help`` text, allowed values, and range [low, high] (inclusive)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "short": short,
+                                            "low": low, "high": high})
+
+
 def typed(values: dict, fields: Iterable, source: str) -> dict:
-    """``values`` with every known field converted to its declared type."""
-    types = {f.name: f.type for f in fields}
-    return {k: convert(k, types[k], v, source) if k in types else v for k, v in values.items()}
+    """``values`` with every known field converted to its declared type and checked against the
+    field's own range (``opt(low=, high=)``)."""
+    by_name = {f.name: f for f in fields}
+    out = {}
+    for k, v in values.items():
+        f = by_name.get(k)
+        out[k] = convert(k, f.type, v, source) if f else v
+        if f is not None and out[k] is not None:
+            _check_range(k, out[k], f.metadata.get("low"), f.metadata.get("high"), source)
+    return out
+
+
+def _check_range(name: str, value, low, high, source: str) -> None:
+    flag = "--" + name.replace("_", "-")
+    if high is not None and low is not None and not low <= value <= high:
+        raise LoreError(f"{source}: {flag} must be in [{low:g}, {high:g}], got {value}")
+    if low is not None and value < low:
+        raise LoreError(f"{source}: {flag} must be >= {low:g}, got {value}")
 
 
 def check_patch_multiple(size: tuple[int, int], patch: int) -> None:

@@ -9,11 +9,14 @@ final ReLU; the reference code does, and we follow the code.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
 from ..backbone import BlackBox
 from ..errors import LoreError
+from ..values import opt
 from .registry import register
 from .base import AdaptedViT, require_clip, text_classifier
 
@@ -48,7 +51,13 @@ class ClipAdapter(AdaptedViT):
         return self.head(self.adapt(image_embedding(self.black_box, images)))
 
 
-@register("clip-adapter", order=10, needs_knowledge=True, dry_run_knowledge=True,
+@dataclass
+class ClipAdapterOptions:
+    """CLIP-Adapter's options."""
+    adapter_ratio: float = opt(0.2, "CLIP-Adapter: residual ratio", low=0, high=1)
+
+
+@register("clip-adapter", config=ClipAdapterOptions, order=10, needs_knowledge=True, dry_run_knowledge=True,
           options=lambda cfg: {"ratio": cfg.adapter_ratio})
 def _clip_adapter(black_box: BlackBox, num_classes: int, knowledge=None, ratio: float = 0.2,
                   reduction: int = 4, **_) -> AdaptedViT:

@@ -15,12 +15,15 @@ bound memory), never a loop over images.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..backbone import CLIP_LOGIT_SCALE, BlackBox
 from ..errors import LoreError
+from ..values import opt
 from .registry import register
 from .base import AdaptedViT
 from .clip_adapter import image_embedding
@@ -69,7 +72,13 @@ class CoCoOp(CoOp):
         return AdaptedViT.train(self, mode)
 
 
-@register("cocoop", order=7, text_side=True, bench=True,
+@dataclass
+class CoCoOpOptions:
+    """Co-CoOp's options."""
+    cocoop_ctx: int = opt(4, "Co-CoOp: learnable context tokens (initialised from 'a photo of a')", low=1)
+
+
+@register("cocoop", config=CoCoOpOptions, order=7, text_side=True, bench=True,
           options=lambda cfg: dict(n_ctx=cfg.cocoop_ctx, ctx_init=ctx_init(cfg, CTX_INIT)))
 def _cocoop(black_box: BlackBox, num_classes: int, classnames: list[str] | None = None,
             text_tower: str | None = None, n_ctx: int = 4, ctx_init: str | None = CTX_INIT,

@@ -17,6 +17,8 @@ prompt learners on CLIP's text side: Co-CoOp, ProGrad and MaPLe.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from ..backbone import CLIP_LOGIT_SCALE, BlackBox
 from ..errors import LoreError
 from ..knowledge import load_open_clip
+from ..values import opt
 from .registry import register
 from .base import AdaptedViT, require_clip
 from .clip_adapter import image_embedding
@@ -259,6 +262,16 @@ class CoOp(ClassTextHead, AdaptedViT):
         return self.logits(image_embedding(self.black_box, images))
 
 
+@dataclass
+class CoOpOptions:
+    """CoOp's options (ProGrad shares the context ones; the CoOp family shares --ctx-init)."""
+    coop_ctx: int = opt(16, "CoOp: learnable context tokens", low=1)
+    coop_csc: bool = opt(False, "CoOp: class-specific context")
+    ctx_init: str | None = opt(None, "CoOp-family context init words ('' = random N(0, 0.02); default: the "
+                               "method's own: CoOp random, Co-CoOp and MaPLe 'a photo of a', ProGrad its "
+                               "template's words)")
+
+
 def ctx_init(cfg, default: str | None) -> str | None:
     """--ctx-init: None = the method's own ``default``, "" = random N(0, 0.02); "_" reads as a
     space, as in the official code."""
@@ -270,7 +283,7 @@ def coop_options(cfg) -> dict:
     return dict(n_ctx=cfg.coop_ctx, csc=cfg.coop_csc, ctx_init=ctx_init(cfg, None))
 
 
-@register("coop", order=6, text_side=True, options=coop_options, dry_run_knowledge=True, bench=True)
+@register("coop", config=CoOpOptions, order=6, text_side=True, options=coop_options, dry_run_knowledge=True, bench=True)
 def _coop(black_box: BlackBox, num_classes: int, classnames: list[str] | None = None,
           text_tower: str | None = None, n_ctx: int = 16, csc: bool = False, ctx_init: str | None = None,
           **_) -> AdaptedViT:

@@ -7,6 +7,8 @@ Training adds: KLA on the rows of the true and wrong class, and L = L_task + lam
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +17,7 @@ from ..backbone import BlackBox
 from ..errors import LoreError
 from ..losses import kp_loss
 from ..whitebox import KLA, LIN, PromptGenerator
+from ..values import opt
 from .registry import register
 from .base import AdaptedViT, make_head
 from .vpt import GlobalPrompts
@@ -147,6 +150,27 @@ class LORE(AdaptedViT):
         return attn[:, 0].reshape(e0.shape[0], e0.shape[1], e0.shape[2])
 
 
+@dataclass
+class LOREOptions:
+    """LORE's options (White Box, L_kp)."""
+    kp: bool = opt(True, "use KLA and the K-L prototype loss (--no-kp: 'LORE w/o L_kp')")
+    kp_weight: float = opt(0.1, "weight lambda of L_kp", low=0)
+    local_prompts: int = opt(2, "generated locality-aware prompts per layer", low=0)
+    lin_blocks: int = opt(1, "LIN blocks", low=0)
+    lin_k: int = opt(9, "LIN neighbours per token", low=1)
+    lin_variant: str = opt("vig", "LIN form", ["vig", "paper"])
+    kla_topn: int = opt(9, "KLA keeps the top-N scores per class", low=1)
+    kla_variant: str = opt("code", "KLA form", ["code", "paper"])
+    bottleneck: int = opt(32, "prompt-generator bottleneck width r", low=1)
+    pg_dropout: float = opt(0.1, "dropout on the generated prompts (the reference's 0.1)")
+    # "layer" won the few-shot study (README, "When LORE wins"); --recipe paper keeps the reference's BatchNorm
+    wb_norm: str = opt("layer", "normalisation inside LIN and PG: per-image LayerNorm/GroupNorm (default), the "
+                       "reference's BatchNorm ('batch'; --recipe paper), or none", ["batch", "layer", "none"])
+    negative: str | None = opt(None, "source of the wrong class p (default: zeroshot when the backbone has a "
+                               "CLIP text tower, else model)",
+                               ["zeroshot", "model", "probe", "none"])
+
+
 def _lore_options(cfg) -> dict:
     from ..knowledge import learned_knowledge, learned_width
 
@@ -195,7 +219,7 @@ def _lore_bench(black_box: BlackBox, num_classes: int) -> dict:
     return {"knowledge": torch.nn.functional.normalize(torch.randn(num_classes, 512), dim=-1), "kp": True}
 
 
-@register("lore", order=100, options=_lore_options, needs_knowledge=_lore_needs_knowledge,
+@register("lore", config=LOREOptions, order=100, options=_lore_options, needs_knowledge=_lore_needs_knowledge,
           templates=_lore_sentences, learned_knowledge=True, check_knowledge=True, defaults=_lore_defaults,
           describe=_lore_describe,
           aliases={"lore-no-kp": {"kp": False}}, label_order=("lore (w/o L_kp)", "lore"),

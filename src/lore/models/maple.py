@@ -17,6 +17,8 @@ at evaluation the class text features are encoded once and cached until the prom
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import copy
 
 import torch
@@ -25,6 +27,7 @@ import torch.nn as nn
 from ..backbone import BlackBox
 from ..errors import LoreError
 from ..knowledge import load_open_clip
+from ..values import opt
 from .registry import register
 from .base import AdaptedViT
 from .coop import CTX_INIT, ClassTextHead, TextTower, class_prompts, ctx_init, open_clip_arg, require_text_side
@@ -94,11 +97,18 @@ class MaPLe(ClassTextHead, AdaptedViT):
         return self.logits(self.black_box.forward_embed(e0, self.prompts(e0)).pooled)
 
 
+@dataclass
+class MaPLeOptions:
+    """MaPLe's options."""
+    maple_ctx: int = opt(2, "MaPLe: learnable context tokens per layer", low=1)
+    maple_depth: int = opt(9, "MaPLe: prompted layers J of both towers", low=1)
+
+
 def _maple_bench(black_box: BlackBox, num_classes: int) -> dict:
     return {"depth": min(9, black_box.depth)}  # the paper's J = 9, or every layer of a shallower tower
 
 
-@register("maple", order=9, text_side=True, bench=True, bench_options=_maple_bench,
+@register("maple", config=MaPLeOptions, order=9, text_side=True, bench=True, bench_options=_maple_bench,
           options=lambda cfg: dict(n_ctx=cfg.maple_ctx, depth=cfg.maple_depth, ctx_init=ctx_init(cfg, CTX_INIT)))
 def _maple(black_box: BlackBox, num_classes: int, classnames: list[str] | None = None,
            text_tower: str | None = None, n_ctx: int = 2, depth: int = 9, ctx_init: str | None = CTX_INIT,

@@ -26,12 +26,15 @@ averages identical tensors), so N processes take the single-process step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from ..backbone import BlackBox, clip_logits
 from ..distributed import mean_over_processes, world_size
 from ..errors import LoreError
+from ..values import opt
 from .registry import register
 from .base import AdaptedViT, zeroshot_sentences
 from .clip_adapter import image_embedding
@@ -102,6 +105,12 @@ class ProGrad(CoOp):
         return ce, logits, {"task": ce.detach(), "kl": kl.detach()}
 
 
+@dataclass
+class ProGradOptions:
+    """ProGrad's options (its context: CoOp's --coop-ctx / --coop-csc)."""
+    prograd_lambda: float = opt(1.0, "ProGrad: share of the conflicting gradient component removed", low=0)
+
+
 def _prograd_options(cfg) -> dict:
     # like the official code, the context starts from the words of the teacher's template
     template = cfg.template
@@ -123,7 +132,7 @@ def _prograd_bench(black_box: BlackBox, num_classes: int) -> dict:
     return {"knowledge": F.normalize(torch.randn(num_classes, black_box.out_dim), dim=-1)}
 
 
-@register("prograd", order=8, text_side=True, needs_knowledge=True, options=_prograd_options,
+@register("prograd", config=ProGradOptions, order=8, text_side=True, needs_knowledge=True, options=_prograd_options,
           templates=_prograd_sentences, bench=True, bench_options=_prograd_bench)
 def _prograd(black_box: BlackBox, num_classes: int, classnames: list[str] | None = None,
              text_tower: str | None = None, knowledge: torch.Tensor | None = None, n_ctx: int = 16,

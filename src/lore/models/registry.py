@@ -25,6 +25,9 @@ class Method:
     build: Callable[..., Any]
     # row position in tables and reports: baselines first, LORE last (the paper's layout)
     order: float = 50.0
+    # the method's own options (a dataclass of lore.values.opt fields: help, choices, range); they
+    # become TrainConfig fields, --flags and YAML keys
+    config: type | None = None
     # options the constructor takes from a TrainConfig (LIN width, context length, ...)
     options: Callable[[Any], dict] = _no_options
     # class text embeddings the constructor needs: a function of the config (False: none)

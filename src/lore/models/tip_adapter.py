@@ -16,12 +16,15 @@ validation set; we use one un-augmented view and the given alpha/beta.)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..backbone import BlackBox
 from ..errors import LoreError
+from ..values import opt
 from .registry import register
 from .base import AdaptedViT, require_clip, text_classifier
 from .clip_adapter import image_embedding
@@ -76,11 +79,18 @@ class TipAdapter(AdaptedViT):
         return super().training_loss(images, targets, index)
 
 
+@dataclass
+class TipAdapterOptions:
+    """Tip-Adapter's (and Tip-Adapter-F's) options."""
+    tip_alpha: float = opt(1.0, "Tip-Adapter: cache-model weight alpha", low=0)
+    tip_beta: float = opt(5.5, "Tip-Adapter: sharpness beta", low=0)
+
+
 def _tip_options(cfg) -> dict:
     return {"alpha": cfg.tip_alpha, "beta": cfg.tip_beta}
 
 
-@register("tip-adapter", order=11, needs_knowledge=True, trains=False, dry_run_knowledge=True,
+@register("tip-adapter", config=TipAdapterOptions, order=11, needs_knowledge=True, trains=False, dry_run_knowledge=True,
           options=_tip_options)
 def _tip_adapter(black_box: BlackBox, num_classes: int, knowledge=None, alpha: float = 1.0,
                  beta: float = 5.5, cache_size: int = 0, **_) -> AdaptedViT:

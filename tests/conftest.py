@@ -12,7 +12,14 @@ import torch
 os.environ.setdefault("TQDM_DISABLE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# the one tiny random-init ViT of the tests (timm kwargs), and with a 32-way timm head (which the
+# backbone wrapper drops) for code that builds the model timm-style
 TINY = "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2"
+TINY_32 = TINY + ",num_classes=32"
+# the one tiny random-init open_clip model: a 1-layer text tower, 32-d embedding
+TINY_CLIP = {"embed_dim": 32,
+             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 TINY_BACKBONE = ["--backbone", "vit_small_patch16_224", "--no-pretrained", "--backbone-args", TINY,
                  "--img-size", "32", "--workers", "0"]
 
@@ -41,10 +48,7 @@ def tiny_clip_spec(folder: Path, text_layers: int = 1) -> str:
     file name is the model name open_clip registers, so each depth gets its own)."""
     import json
 
-    config = {"embed_dim": 32,
-              "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
-                           "layers": text_layers}}
+    config = {**TINY_CLIP, "text_cfg": {**TINY_CLIP["text_cfg"], "layers": text_layers}}
     path = folder / f"lore-tiny-text{text_layers}.json"
     path.write_text(json.dumps(config))
     return f"clip:{path}/none"

@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY_BACKBONE, lore_cli, tiny_clip_spec
+from conftest import TINY_32, TINY_BACKBONE, lore_cli, tiny_clip_spec
 
 CLIP = ["--backbone", "vit_base_patch16_clip_quickgelu_224.openai", "--no-pretrained", "--backbone-args",
-        "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2,num_classes=32", "--img-size", "32",
+        TINY_32, "--img-size", "32",
         "--workers", "0"]
 
 

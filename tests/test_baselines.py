@@ -23,7 +23,7 @@ from lore.knowledge import ZEROSHOT_TEMPLATE, encode_classes, load_open_clip
 from lore.models import build_model
 
 BACKBONE = "vit_base_patch16_clip_quickgelu_224.openai"
-BACKBONE_ARGS = "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2,num_classes=32"
+from conftest import TINY_32 as BACKBONE_ARGS  # noqa: E402
 NAMES = ["red", "green", "blue", "yellow"]
 C = len(NAMES)
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import TINY, lore_cli
+from conftest import TINY, TINY_32, lore_cli
 
 
 def test_bench_json_fields_and_ratios(tmp_path, capsys):
@@ -47,7 +47,7 @@ def test_bench_times_the_clip_prompt_learners_beside_lore(tmp_path):
                                              "heads": 2, "layers": 2}}))
     methods = ["lore", "coop", "cocoop", "prograd", "maple"]
     assert lore_cli("bench", "--backbone", "vit_base_patch16_clip_quickgelu_224.openai", "--backbone-args",
-                    "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2,num_classes=32",
+                    TINY_32,
                     "--knowledge", f"clip:{clip}/none", "--img-size", "32", "--batch", "2", "--num-classes", "3",
                     "--methods", ",".join(methods), "--repeats", "1", "--warmup", "0", "--device", "cpu",
                     "--out", tmp_path) == 0

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import lore_cli
+from conftest import TINY, lore_cli
 
 from lore.data import load_image
 from lore.data.elpv import fetch_wheel, load_elpv, read_cells, stratified_take
@@ -138,7 +138,7 @@ def test_elpv_real_wheel_counts_and_stratified_test_set():
 def test_demo_fair_protocol_table_and_report(tmp_path, wheel, capsys):
     out = tmp_path / "demo"
     args = ["demo", "--out", out, "--elpv", wheel, "--backbone", "vit_small_patch16_224", "--no-pretrained",
-            "--backbone-args", "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2",
+            "--backbone-args", TINY,
             "--img-size", "32", "--shots", "2", "--seeds", "2", "--epochs", "1", "--batch-size", "4",
             "--lrs", "0.01,0.1", "--wds", "0", "--pool-per-class", "8", "--val-per-class", "4",
             "--test-per-class", "6", "--lore-set", "bn_mode=reference"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY_BACKBONE, lore_cli
+from conftest import TINY, TINY_BACKBONE, lore_cli
 
 TRAIN = ["train", *TINY_BACKBONE, "--method", "linear", "--shots", "2", "--epochs", "1", "--batch-size", "4",
          "--device", "cpu"]
@@ -130,7 +130,7 @@ def test_paper_rerun_with_a_changed_option_refuses_before_rewriting_the_table(tm
     write_paper_datasets(root, ["dtd"])
     argv = ["paper", "table5", "--data-root", root, "--out", out, "--datasets", "dtd", "--methods", "lore",
             "--backbone", "vit_small_patch16_224", "--no-pretrained", "--backbone-args",
-            "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2", "--img-size", 32, "--workers", 0,
+            TINY, "--img-size", 32, "--workers", 0,
             "--device", "cpu", "--epochs", 1, "--batch-size", 8, "--shots-cap", 1, "--knowledge", "ngram:16"]
     assert lore_cli(*argv) == 0
     tables = {f: (out / f).read_bytes() for f in ("table.md", "table.csv", "table.json")}
@@ -160,7 +160,7 @@ def test_one_broken_dataset_does_not_end_a_paper_table(tmp_path: Path, monkeypat
     monkeypatch.setattr(train_mod, "load_paper_dataset", flaky)
     argv = ["paper", "table5", "--data-root", root, "--out", out, "--datasets", "dtd,cifar10", "--methods",
             "lore", "--backbone", "vit_small_patch16_224", "--no-pretrained", "--backbone-args",
-            "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2", "--img-size", 32, "--workers", 0,
+            TINY, "--img-size", 32, "--workers", 0,
             "--device", "cpu", "--epochs", 1, "--batch-size", 8, "--shots-cap", 1, "--knowledge", "ngram:16"]
     assert lore_cli(*argv) == 2
     assert "a reader bug" in capsys.readouterr().err

@@ -20,7 +20,9 @@ from lore.models.prograd import kl_to_zeroshot, project_conflicting
 
 BACKBONE = "vit_base_patch16_clip_quickgelu_224.openai"
 # average pooling: a random CLS token barely depends on the image, the mean patch token does
-BACKBONE_ARGS = "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2,num_classes=32,global_pool=avg"
+from conftest import TINY_32  # noqa: E402
+
+BACKBONE_ARGS = TINY_32 + ",global_pool=avg"
 NAMES = ["blue", "green", "red", "yellow"]  # the colour dataset's classes, in folder order
 C = len(NAMES)
 W = 32  # text width = joint embedding width of the tiny CLIP

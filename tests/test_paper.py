@@ -21,10 +21,7 @@ from lore.paper.tables import (CLIP_B16, CLIP_B32, DATASETS, E2H_16, NATURAL, TA
                                dataset_groups, published_columns, published_rows)
 from lore.recipes import lookup
 
-TINY_ARGS = "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2,num_classes=32"
-TINY_CLIP = {"embed_dim": 32,
-             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+from conftest import TINY_32 as TINY_ARGS, TINY_CLIP  # noqa: E402
 
 # The paper's Table 3 prints 81.26 as LORE-e's 16/stage average, but its eight cells average 81.51
 # (LORE-h's 82.92 - 81.26 = the +1.66 gain the text reports, so the average itself is as intended).

@@ -33,7 +33,7 @@ from lore.synthetic.colors import write_imagefolder
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALL = REPO / "scripts" / "install_chromium.sh"
-TINY = "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2"
+from conftest import TINY  # noqa: E402
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--no-default-browser-check",
          "--remote-debugging-pipe", "--window-size=1280,1600"]

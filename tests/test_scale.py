@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY
+from conftest import TINY, TINY_32
 from lore.errors import LoreError
 from lore.io import load_pickle_safe
 
@@ -244,7 +244,7 @@ def test_torchrun_clip_prompt_learners_match_one_process(method, colors, tmp_pat
     spec = tiny_clip_spec(tmp_path, text_layers=2)
     common = ["train", "--method", method, "--backbone", "vit_base_patch16_clip_quickgelu_224.openai",
               "--no-pretrained", "--backbone-args",
-              "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2,num_classes=32,global_pool=avg",
+              TINY_32 + ",global_pool=avg",
               "--knowledge", spec, *DDP_CLIP_METHODS[method], "--img-size", "32", "--workers", "0",
               "--data", str(colors), "--epochs", "2", "--batch-size", "12", "--lr", "0.05", "--wd", "0",
               "--aug", "none", "--deterministic"]

@@ -15,10 +15,7 @@ from lore.errors import LoreError
 from lore.sweep import Cell, Dataset, parse_datasets, render_markdown, summarise
 from lore.synthetic.colors import write_imagefolder
 
-BACKBONE_ARGS = "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2,num_classes=32"
-TINY_CLIP = {"embed_dim": 32,
-             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+from conftest import TINY_32 as BACKBONE_ARGS, TINY_CLIP  # noqa: E402
 
 
 def test_parse_datasets() -> None:

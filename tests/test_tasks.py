@@ -19,7 +19,7 @@ from lore.errors import LoreError
 from lore.tasks import correspondence, retrieval, vos
 from lore.tasks.common import Extractor
 
-TINY = "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2"
+from conftest import TINY  # noqa: E402
 MODEL_ARGS = ["--backbone", "vit_small_patch16_224", "--no-pretrained", "--backbone-args", TINY,
               "--device", "cpu"]
 

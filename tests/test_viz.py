@@ -20,7 +20,7 @@ from lore.synthetic.colors import write_imagefolder
 from lore.viz.attention import compute_maps
 from lore.viz.locality import entropy, layer_stats, model_locality, patch_centres
 
-TINY = "img_size=32,patch_size=8,depth=2,embed_dim=64,num_heads=2"
+from conftest import TINY  # noqa: E402
 GRID, PATCH, HEADS = 4, 8, 2  # 32 px images, 8 px patches -> 4x4 tokens
 PROMPTS = 8 + 2  # LORE default: 8 global + 2 locality prompts per layer
 

@@ -21,6 +21,7 @@ every tuning run and the chosen pair.
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 from dataclasses import dataclass
@@ -361,22 +362,26 @@ def main(args, base: dict) -> dict:
     return {"cells": len(results)}
 
 
-def _split_sizes(plan: Plan, task: str) -> dict[str, int]:
-    """Images per split of a found task, read from its lists (0 where a list is absent)."""
-    import json
+def _entries(path: Path) -> int:
+    """Entries of a split list: lines of a VTAB-1k .txt, keys of a VPT .json."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix == ".json":
+        return len(json.loads(text))
+    return sum(1 for line in text.splitlines() if line.strip())
 
-    folder = plan.folders[task]
-    if plan.bench == "vtab":
-        names = {"tune_train": "train800.txt", "tune_val": "val200.txt", "train": "train800val200.txt",
-                 "test": "test.txt"}
-        count = lambda f: sum(1 for line in f.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip())  # noqa: E731
-    else:
-        names = {"tune_train": "train.json", "tune_val": "val.json", "train": "train.json", "test": "test.json"}
-        count = lambda f: len(json.loads(f.read_text(encoding="utf-8")))  # noqa: E731
+
+SPLIT_LISTS = {"vtab": {"tune_train": "train800.txt", "tune_val": "val200.txt", "train": "train800val200.txt",
+                        "test": "test.txt"},
+               "fgvc": {"tune_train": "train.json", "tune_val": "val.json", "train": "train.json",
+                        "test": "test.json"}}
+
+
+def _split_sizes(plan: Plan, task: str) -> dict[str, int]:
+    """Images per split of a found task, read from its lists (0 where a list is absent or unreadable)."""
     sizes = {}
-    for key, name in names.items():
+    for key, name in SPLIT_LISTS[plan.bench].items():
         try:
-            sizes[key] = count(folder / name)
+            sizes[key] = _entries(plan.folders[task] / name)
         except (OSError, ValueError):
             sizes[key] = 0
     return sizes

@@ -32,5 +32,14 @@ def build_model(method: str, backbone: str | BlackBox, num_classes: int, *, pret
     return spec.build(black_box, num_classes, **options)
 
 
-# importing the method modules fills the registry
-from . import vpt, zeroshot, lore, coop, clip_adapter, tip_adapter, cocoop, prograd, maple  # noqa: E402,F401
+def _import_methods() -> None:
+    """Importing every module of this package fills the registry: a new method is one new file."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in ("base", "registry"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_methods()

@@ -96,12 +96,17 @@ def test_fgvc_reader_maps_class_ids_and_names(tmp_path):
     assert all(Path(p).parent.name == folders[y] for p, y in final.splits["train"])
 
 
-def test_fgvc_reader_refuses_other_class_counts(tmp_path):
-    from lore.cli import main
-
+def test_fgvc_reader_refuses_other_class_counts(tmp_path, capsys):
     dogs = tmp_path / "Stanford-dogs"
     write_fgvc(dogs, "Images", ["n02085620-Chihuahua", "n02085782-Japanese_spaniel"])
-    assert main(["data", "check", str(dogs), "--format", "fgvc"]) == 2
+    assert lore_cli("train", "--format", "fgvc", "--data", dogs, "--out", tmp_path / "run", *TINY_BACKBONE) == 2
+    err = capsys.readouterr().err
+    assert "2 classes, dogs has 120" in err and not (tmp_path / "run").exists()
+    # with all 120 breeds it reads, the breed names taken from the WordNet-id folders
+    from lore.data.datasets import load_dataset
+
+    write_fgvc(dogs, "Images", [f"n0{i:07d}-Breed_{i}" for i in range(120)])
+    assert load_dataset(str(dogs), "fgvc").classnames[:2] == ["Breed 0", "Breed 1"]
 
 
 def test_published_vpt_numbers_match_the_papers_group_means():

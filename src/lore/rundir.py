@@ -38,10 +38,12 @@ def is_run_dir(folder: str | os.PathLike) -> bool:
 
 
 def finished(folder: str | os.PathLike) -> bool:
+    """final.json is there: the run completed."""
     return (Path(folder) / FINAL).is_file()
 
 
 def has_checkpoints(folder: str | os.PathLike) -> bool:
+    """Training checkpoints are there (the run got past at least one save)."""
     return (Path(folder) / CHECKPOINTS).is_dir()
 
 

@@ -17,6 +17,7 @@ from . import rundir
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The --run / --backbone options of the analysis and downstream-task commands."""
     group = parser.add_argument_group("model")
     src = group.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run directory written by `lore train` (its features, e.g. LORE)")

@@ -53,6 +53,7 @@ from .. import rundir
 
 
 def run(cfg: TrainConfig) -> dict:
+    """Train (or, with --dry-run, only describe) the run ``cfg`` describes; its final.json."""
     if cfg.resume:
         cfg = _resume_config(cfg)
     cfg = absolute_paths(cfg)

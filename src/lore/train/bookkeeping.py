@@ -17,6 +17,7 @@ from .. import rundir
 
 
 def refuse_overwrite(out: Path) -> None:
+    """A fresh run must not start over a finished or resumable one, nor append to a stray metrics.jsonl."""
     if (out / rundir.FINAL).exists() or (out / rundir.CHECKPOINTS).exists():
         raise LoreError(f"--out {out} already holds a run; choose a new directory or continue it "
                         f"with --resume {out}")
@@ -26,6 +27,7 @@ def refuse_overwrite(out: Path) -> None:
 
 
 def record_selection(ctx: Context, name: str, samples: list, chosen: list[int], **extra) -> None:
+    """The training files a stage chose (fewshot*.json), with their labels and the seed."""
     if ctx.info.main:
         atomic_write_json(ctx.out / name, {"seed": ctx.cfg.seed, "shots": ctx.cfg.shots,
                                            "files": [samples[i][0] for i in chosen],
@@ -33,6 +35,7 @@ def record_selection(ctx: Context, name: str, samples: list, chosen: list[int], 
 
 
 def save_state(ctx: Context, model: nn.Module, optimizer, counters: dict) -> None:
+    """A resumable checkpoint of the stage (main process only), keeping the last --keep-last."""
     if not ctx.info.main:
         return
     ckpt_dir = ctx.out / rundir.CHECKPOINTS
@@ -74,6 +77,7 @@ def truncate_metrics(path: Path, stage: str, epoch: int) -> None:
 
 
 def last_metrics(out: Path) -> dict:
+    """The run's last metrics.jsonl line ({} when there is none)."""
     path = out / rundir.METRICS
     if not path.is_file():
         return {}

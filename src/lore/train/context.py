@@ -30,6 +30,7 @@ class Context:
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     # on a CPU only an explicit --amp bf16 (fast where the CPU has AMX / AVX512-BF16 units)
+    """The autocast dtype of --amp on this device (None: full precision)."""
     if cfg.amp == "none" or (device.type != "cuda" and cfg.amp != "bf16"):
         return None
     if cfg.amp == "fp16":

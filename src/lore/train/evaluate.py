@@ -18,6 +18,7 @@ from .context import Context, amp_dtype
 
 
 def eval_loader(ctx: Context, samples: list, batch_size: int | None = None):
+    """The test-transform loader of ``samples``, sharded across processes."""
     dataset = ImageDataset(samples, eval_transform(ctx.cfg.img_size, ctx.data_config))
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size or ctx.cfg.batch_size,
                                        sampler=ShardedSampler(len(samples), ctx.info.rank, ctx.info.world),
@@ -48,7 +49,7 @@ def evaluate(ctx: Context, model: nn.Module, samples: list) -> dict:
 
 @torch.no_grad()
 def encode(ctx: Context, model: nn.Module, samples: list, use_prompts: bool = False,
-            with_logits: bool = False) -> tuple[torch.Tensor, ...]:
+           with_logits: bool = False) -> tuple[torch.Tensor, ...]:
     """Pooled features (pre-head), labels (and, ``with_logits``, the model's logits) of ``samples``
     in order (single process). Without prompts: the frozen backbone's features."""
     from ..models.base import AdaptedViT
@@ -76,7 +77,9 @@ def recalibrate(ctx: Context, model: nn.Module, samples: list) -> None:
 
 
 def epoch_metrics(ctx: Context, model: nn.Module, sums: dict, epoch: int, stage: str, lr: float,
-                   seconds: float, val: list | None, train_samples: list) -> dict:
+                  seconds: float, val: list | None, train_samples: list) -> dict:
+    """One metrics.jsonl line: the epoch's loss terms and training accuracy reduced over processes, and
+    the validation accuracy every --val-every epochs."""
     keys = sorted(sums)
     vec = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=ctx.device)
     vec = dict(zip(keys, all_reduce_sum(vec, ctx.info).tolist()))

@@ -31,10 +31,9 @@ from pathlib import Path
 import yaml
 
 from ..errors import LoreError
-from ..io import atomic_write_json, atomic_write_text
 from ..cells import attempt
 from ..sweep import Cell, Dataset, cell_config, refuse_changed_recipes
-from .runner import Value, mean_of
+from .runner import Value, mean_of, write_table_files
 
 HERE = Path(__file__).parent
 BENCHMARKS = ("vtab", "fgvc")
@@ -293,17 +292,8 @@ def records(plan: Plan, rows: list[dict]) -> list[dict]:
 
 
 def write_outputs(plan: Plan, rows: list[dict], results: dict, out: Path) -> None:
-    import csv
-    import io
-
     recs = records(plan, rows)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(recs[0]) if recs else ["benchmark"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(recs)
-    atomic_write_text(out / "table.csv", buf.getvalue())
-    atomic_write_text(out / "table.md", render_markdown(plan, rows, results))
-    atomic_write_json(out / "table.json", {
+    write_table_files(out, recs, render_markdown(plan, rows, results), {
         "benchmark": plan.bench, "seeds": plan.seeds, "records": recs,
         "runs": [{"method": m, "task": t, **entry} for (m, t), entry in results.items()]})
 

@@ -274,15 +274,20 @@ def render_markdown(grid: Grid, rows: list[dict], seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(grid: Grid, rows: list[dict], out: Path, results: dict) -> None:
-    records = table_records(grid, rows)
+def write_table_files(out: Path, records: list[dict], markdown: str, table: dict) -> None:
+    """OUT/table.csv (the long-form records), table.md and table.json, each written atomically."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(records[0]) if records else ["table"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(records)
     atomic_write_text(out / "table.csv", buf.getvalue())
-    atomic_write_text(out / "table.md", render_markdown(grid, rows, grid.seeds))
-    atomic_write_json(out / "table.json", {
+    atomic_write_text(out / "table.md", markdown)
+    atomic_write_json(out / "table.json", table)
+
+
+def write_outputs(grid: Grid, rows: list[dict], out: Path, results: dict) -> None:
+    records = table_records(grid, rows)
+    write_table_files(out, records, render_markdown(grid, rows, grid.seeds), {
         "table": grid.table.name, "records": records,
         "runs": [{"group": k[0], "method": k[1], "dataset": k[2], "shots": k[3], "seed": k[4],
                   "status": v["status"], "error": v.get("error"),

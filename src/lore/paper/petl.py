@@ -33,6 +33,7 @@ import yaml
 from ..errors import LoreError
 from ..cells import attempt
 from ..sweep import Cell, Dataset, cell_config, refuse_changed_recipes
+from ..models.registry import aliases, resolve
 from .runner import Value, mean_of, write_table_files
 
 HERE = Path(__file__).parent
@@ -129,7 +130,7 @@ def run_options(plan: Plan, base: dict, task: str, method: str, stage: str, lr: 
     batch = base.get("batch_size", p["schedule"]["batch_size"])
     options = {"format": p["benchmarks"][plan.bench]["formats"][stage],
                "lr": lr / p["lr_reference_batch"] * batch, "wd": wd}
-    if method.startswith("lore") and not has_class_names(plan.bench, task):
+    if resolve(method)[0].learned_knowledge and not has_class_names(plan.bench, task):
         knowledge = UNNAMED_KNOWLEDGE[plan.unnamed]
         if knowledge:  # --knowledge serves the tasks with class names
             options["knowledge"] = knowledge
@@ -408,7 +409,8 @@ def print_plan(plan: Plan, base: dict, bench_file: str | None, measure: bool) ->
     for name, rates in sources.items():
         total = 0.0
         for m, count in images.items():
-            rate = (rates.get(BENCH_PROXY.get(m.replace("-no-kp", ""), "lore")) or rates.get("lore") or {})
+            real = aliases().get(m, {}).get("method", m)
+            rate = rates.get(BENCH_PROXY.get(real, "lore")) or rates.get("lore") or {}
             total += count / rate["train_images_per_s"] if rate.get("train_images_per_s") else 0.0
         seconds[name] = total
         lines.append(f"estimate from {name}: {total / 3600:.1f} h ({total / 86400:.2f} days)")

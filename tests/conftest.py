@@ -52,3 +52,26 @@ def tiny_clip_spec(folder: Path, text_layers: int = 1) -> str:
     path = folder / f"lore-tiny-text{text_layers}.json"
     path.write_text(json.dumps(config))
     return f"clip:{path}/none"
+
+
+# a tiny CLIP image tower (random init) for the CLIP methods, and one short training run
+TINY_CLIP_BACKBONE = ["--backbone", "vit_base_patch16_clip_quickgelu_224.openai", "--no-pretrained",
+                      "--backbone-args", TINY_32, "--img-size", "32", "--workers", "0"]
+
+
+def train_tiny(out: Path, data: Path, *extra: str, backbone=TINY_BACKBONE) -> Path:
+    """A 2-shot, 2-epoch run of the tiny backbone; its run directory."""
+    assert lore_cli("train", *backbone, "--data", data, "--shots", 2, "--epochs", 2, "--batch-size", 4,
+                    "--device", "cpu", "--out", out, *extra) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def lore_run(colors, tmp_path_factory) -> Path:
+    """A finished tiny LORE run (ngram knowledge) on the colours dataset."""
+    return train_tiny(tmp_path_factory.mktemp("runs") / "lore", colors, "--method", "lore", "--knowledge", "ngram:16")
+
+
+@pytest.fixture(scope="session")
+def clip_spec(tmp_path_factory) -> str:
+    return tiny_clip_spec(tmp_path_factory.mktemp("clip"))

@@ -31,7 +31,7 @@ from . import config as config_mod
 from .config import TrainConfig
 from .errors import LoreError
 from .io import atomic_write_json, atomic_write_text, read_json
-from .cells import attempt, refuse_changed, run as run_one
+from .cells import attempt, refuse_changed
 
 # TrainConfig fields the grid sets per cell (not passed through from the command line)
 GRID_FIELDS = {"method", "data", "format", "shots", "seed", "out", "resume", "dry_run", "num_classes"}
@@ -225,12 +225,6 @@ def cell_config(cell: Cell, out: Path, base: dict, recipe_backbone: str | None =
     values.update(aliases().get(cell.method, {}))
     values = apply_recipe(values, config_mod.defaults(), recipe_backbone, recipe_shots=cell.shots or None)
     return config_mod.make(values, source="lore sweep")
-
-
-def run_cell(cell: Cell, out: Path, base: dict, recipe_backbone: str | None = None,
-             shots_cap: int | None = None) -> tuple[dict, str]:
-    """(final.json of the cell, how it was obtained: 'skipped', 'resumed' or 'ran'); :func:`lore.cells.run`."""
-    return run_one(cell_config(cell, out, base, recipe_backbone, shots_cap))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -124,17 +124,15 @@ class Plan:
     root: Path = Path(".")
 
 
-def run_options(plan: Plan, base: dict, task: str, method: str, stage: str, lr: float, wd: float) -> tuple:
-    """A run's own options: the protocol's schedule < the benchmark's < the user's flags < this run's."""
-    p = protocol()
-    batch = base.get("batch_size", p["schedule"]["batch_size"])
-    options = {"format": p["benchmarks"][plan.bench]["formats"][stage],
-               "lr": lr / p["lr_reference_batch"] * batch, "wd": wd}
+def run_options(plan: Plan, base: dict, task: str, method: str, lr: float, wd: float) -> dict:
+    """A run's own options, over the protocol's schedule, the benchmark's and the user's flags."""
+    batch = base.get("batch_size", protocol()["schedule"]["batch_size"])
+    options = {"lr": lr / protocol()["lr_reference_batch"] * batch, "wd": wd}
     if resolve(method)[0].learned_knowledge and not has_class_names(plan.bench, task):
         knowledge = UNNAMED_KNOWLEDGE[plan.unnamed]
         if knowledge:  # --knowledge serves the tasks with class names
             options["knowledge"] = knowledge
-    return tuple(sorted(options.items()))
+    return options
 
 
 def protocol_base(plan: Plan, base: dict) -> dict:
@@ -144,8 +142,8 @@ def protocol_base(plan: Plan, base: dict) -> dict:
 
 def make_run(plan: Plan, base: dict, task: str, method: str, stage: str, seed: int, lr: float,
              wd: float) -> Run:
-    options = dict(run_options(plan, base, task, method, stage, lr, wd))
-    fmt = options.pop("format")
+    fmt = protocol()["benchmarks"][plan.bench]["formats"][stage]
+    options = run_options(plan, base, task, method, lr, wd)
     dataset = Dataset(task, str(plan.folders[task]), fmt, tuple(sorted(options.items())))
     return Run(dataset, method, plan.shots_cap or 0, seed, stage, lr, wd)
 
@@ -178,7 +176,7 @@ def run_plan(plan: Plan, out: Path, base: dict) -> dict[tuple[str, str], dict]:
     runs_dir = out / "runs" / plan.bench
     values = protocol_base(plan, base)
     present = [t for t in plan.tasks if plan.folders[t] is not None]
-    # tuning runs and the final runs of an earlier choice: refused here if made with other options
+    # every tuning run made earlier with other options is refused here, before anything is written
     refuse_changed_recipes([(run, runs_dir, values, {}) for t in present for m in plan.methods
                             for run in tune_runs(plan, base, t, m)])
     results: dict[tuple[str, str], dict] = {}

@@ -147,8 +147,8 @@ def dry_run(cfg: TrainConfig) -> dict:
     print(f"  inference GFLOPs/image: {gflops:.3f} (plain backbone {baseline:.3f}, ratio {gflops / baseline:.3f}; "
           f"{GFLOPS_COUNT})")
     if cfg.out:
-        atomic_write_json(Path(cfg.out) / "model_summary.json", summary)
-        print(f"  written: {Path(cfg.out) / 'model_summary.json'}")
+        atomic_write_json(Path(cfg.out) / rundir.SUMMARY, summary)
+        print(f"  written: {Path(cfg.out) / rundir.SUMMARY}")
     return summary
 
 

@@ -416,3 +416,208 @@ def test_messages_name_the_right_thing(tmp_path: Path, capsys) -> None:
     assert lore_cli("demo", "--elpv", wheel, "--out", tmp_path / "demo") == 2
     line = one_error_line(capsys.readouterr().err)
     assert "replace it with a good copy" in line and "delete" not in line and wheel.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# round four: no silent wrong result (test split, warm-up, contradicting rows, folder names,
+# failed tuning runs), files of a run never an output, exports whole, run files checked
+
+
+def write_vtab_lists(task: Path, classes: int = 2) -> None:
+    """A VTAB-1k task folder as the PETL repositories distribute it: images/, then the four lists
+    `relative/path label` (train800val200 = train800 + val200)."""
+    from PIL import Image
+
+    lists = {"train800": [], "val200": [], "test": []}
+    for split in lists:
+        for c in range(classes):
+            rel = f"images/{split}_{c}.png"
+            (task / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((16, 16, 3), 60 * c, np.uint8)).save(task / rel)
+            lists[split].append(f"{rel} {c}")
+    lists["train800val200"] = lists["train800"] + lists["val200"]
+    for name, lines in lists.items():
+        (task / f"{name}.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_an_empty_vtab_test_list_is_refused_never_replaced_by_val200(tmp_path: Path, capsys) -> None:
+    task = tmp_path / "eurosat"
+    write_vtab_lists(task)
+    (task / "test.txt").write_text("")
+    assert lore_cli(*TRAIN[:-6], "--data", task, "--format", "vtab", "--out", tmp_path / "run") == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "test.txt" in line and "lists no image" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_split_set_without_test_never_scores_its_training_pool() -> None:
+    from lore.data.splits import Splits
+    from lore.errors import LoreError
+
+    pool = [("/d/a.png", 0), ("/d/b.png", 1)]
+    with pytest.raises(LoreError, match="val images are part of the training pool"):
+        Splits(["x", "y"], {"train": pool, "val": pool[:1]}, root="/d").test_split()
+    with pytest.raises(LoreError, match="test split lists no image"):
+        Splits(["x", "y"], {"train": pool, "val": [("/d/c.png", 0)], "test": []}, root="/d").test_split()
+    # an ImageNet-style train/ + val/ folder: val is outside the pool, so it is the test set
+    assert Splits(["x", "y"], {"train": pool, "val": [("/d/c.png", 0)]}).test_split() == ("val", [("/d/c.png", 0)])
+
+
+def test_a_linear_warmup_as_long_as_training_is_refused(colors: Path, tmp_path: Path, capsys) -> None:
+    assert lore_cli(*TRAIN, "--data", colors, "--warmup", "linear", "--warmup-epochs", "1",
+                    "--out", tmp_path / "run") == 2
+    assert "--warmup-epochs 1 with --warmup linear" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_petl_smoke_runs_scale_vpts_warmup_and_train_at_their_rates() -> None:
+    from lore.paper.petl import Plan, protocol_base, scaled_warmup
+
+    assert [scaled_warmup(e) for e in (1, 2, 9, 10, 20, 100, 200)] == [0, 0, 0, 1, 2, 10, 20]
+    plan = Plan("vtab", ["linear"], ["eurosat"], [1], {"eurosat": None})
+    assert protocol_base(plan, {"epochs": 2})["warmup_epochs"] == 0
+    assert protocol_base(plan, {})["warmup_epochs"] == 10  # VPT's own schedule is untouched
+    assert protocol_base(plan, {"epochs": 2, "warmup_epochs": 1})["warmup_epochs"] == 1  # the user's own
+
+
+def test_a_grid_option_that_contradicts_a_row_is_refused(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "vtab"
+    write_vtab_lists(root / "eurosat")
+    out = tmp_path / "out"
+    assert lore_cli("paper", "vtab", "--data-root", root, "--out", out, "--datasets", "eurosat",
+                    "--methods", "lore,lore-no-kp", "--no-kp", *TINY_BACKBONE) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "--kp False contradicts the row 'lore'" in line and not out.exists()
+    assert lore_cli("sweep", "--methods", "lore", "--datasets", f"e={root / 'eurosat'}:vtab", "--shots", "1",
+                    "--no-kp", "--out", out, *TINY_BACKBONE) == 2
+    assert "contradicts the row 'lore'" in one_error_line(capsys.readouterr().err) and not out.exists()
+
+
+def test_grid_values_that_print_alike_get_their_own_folders() -> None:
+    from lore.paper.petl import number
+
+    assert [number(x) for x in (0.1, 0.25, 50.0, 0.0, 1e-4)] == ["0.1", "0.25", "50", "0", "0.0001"]
+    assert number(0.1000001) != number(0.1) and float(number(0.1000001)) == 0.1000001
+
+
+@pytest.mark.parametrize("flag, value, says", [("--lrs", "-1", "--lrs: -1.0 is out of range"),
+                                                ("--lrs", "", "--lrs: empty list"),
+                                                ("--lrs", "nan", "--lrs: nan is out of range"),
+                                                ("--wds", "-0.1", "--wds: -0.1 is out of range"),
+                                                ("--seeds", "99999999999999999999", "--seeds: 99999999999999999999 is out")])
+def test_grid_ranges_are_checked_before_anything_is_written(tmp_path: Path, capsys, flag, value, says) -> None:
+    root = tmp_path / "vtab"
+    write_vtab_lists(root / "eurosat")
+    out = tmp_path / "out"
+    assert lore_cli("paper", "vtab", "--data-root", root, "--out", out, "--datasets", "eurosat",
+                    "--methods", "linear", flag, value, *TINY_BACKBONE) == 2
+    assert says in one_error_line(capsys.readouterr().err) and not out.exists()
+
+
+def test_a_huge_seed_is_one_line(colors: Path, tmp_path: Path, capsys) -> None:
+    assert lore_cli(*TRAIN, "--data", colors, "--seed", "99999999999999999999", "--out", tmp_path / "run") == 2
+    assert "--seed must be in 0..4294967295" in one_error_line(capsys.readouterr().err)
+
+
+def test_zeroshot_negative_without_a_text_tower_is_refused_before_training(colors: Path, tmp_path: Path,
+                                                                          capsys) -> None:
+    assert lore_cli(*TRAIN[:-8], "--method", "lore", "--knowledge", "ngram:16", "--negative", "zeroshot",
+                    "--data", colors, "--shots", "2", "--epochs", "1", "--out", tmp_path / "run") == 2
+    assert "--negative zeroshot needs a CLIP backbone" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_vtab_label_of_a_non_ascii_digit_names_file_and_line(tmp_path: Path, capsys) -> None:
+    task = tmp_path / "eurosat"
+    write_vtab_lists(task)
+    (task / "test.txt").write_text("images/test_0.png 0\nimages/test_1.png \u00b2\n")
+    assert lore_cli(*TRAIN[:-6], "--data", task, "--format", "vtab", "--out", tmp_path / "run") == 2
+    assert "test.txt, line 2" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("content", ["5", "[" * 100_000 + "]" * 100_000])
+def test_fgvc_plan_on_a_broken_split_file_is_one_line(tmp_path: Path, capsys, content: str) -> None:
+    from PIL import Image
+
+    task = tmp_path / "root" / "CUB_200_2011"
+    (task / "images").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(task / "images" / "a.jpg")
+    for split in ("train", "val"):
+        (task / f"{split}.json").write_text(json.dumps({"a.jpg": 0}))
+    (task / "test.json").write_text(content)
+    code = lore_cli("paper", "fgvc", "--data-root", tmp_path / "root", "--out", tmp_path / "out", "--plan",
+                    "--no-measure", "--datasets", "cub")
+    assert code == 2 and "test.json" in one_error_line(capsys.readouterr().err)
+
+
+def test_resume_of_a_finished_run_leaves_it_alone(lore_run: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(lore_run, run)
+    before = (run / "final.json").read_bytes()
+    assert lore_cli("train", "--resume", run) == 0
+    assert "is finished (final.json); nothing to resume" in capsys.readouterr().err
+    assert (run / "final.json").read_bytes() == before
+
+
+def test_nothing_inside_a_run_directory_is_another_commands_output(lore_run: Path, colors: Path,
+                                                                   tmp_path: Path, capsys) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(lore_run, run)
+    checkpoint = next((run / "checkpoints").iterdir())
+    before = checkpoint.read_bytes()
+    image = next(p for p in colors.rglob("*.png"))
+    for argv in (["predict", "--run", run, str(image), "--out", checkpoint],
+                 ["predict", "--run", run, str(image), "--out", run / "checkpoints" / "p.csv"],
+                 ["eval", "--run", run, "--out", run / "checkpoints"],
+                 ["paper", "table1", "--data-root", tmp_path, "--out", run]):
+        assert lore_cli(*argv) == 2, argv
+        line = one_error_line(capsys.readouterr().err)
+        assert "run directory" in line, (argv, line)
+    assert checkpoint.read_bytes() == before and not (run / "checkpoints" / "p.csv").exists()
+
+
+def test_export_publishes_both_files_or_neither_and_checks_the_opset(lore_run: Path, tmp_path: Path,
+                                                                     capsys) -> None:
+    out = tmp_path / "m.onnx"
+    (tmp_path / "m.json").mkdir()  # the description cannot be written there
+    assert lore_cli("export", "--run", lore_run, "--out", out) == 2
+    assert "m.json" in one_error_line(capsys.readouterr().err) and not out.exists()
+    for opset in ("0", "7", "99"):
+        assert lore_cli("export", "--run", lore_run, "--out", tmp_path / "o.onnx", "--opset", opset) == 2
+        err = capsys.readouterr().err
+        assert f"--opset {opset}: torch.onnx writes opsets 18.." in one_error_line(err)
+        assert not (tmp_path / "o.onnx").exists()
+
+
+def _damaged_copy(run: Path, tmp_path: Path, **changes) -> Path:
+    import shutil
+
+    copy = tmp_path / "damaged"
+    shutil.copytree(run, copy)
+    meta = json.loads((copy / "model.json").read_text())
+    meta.update(changes)
+    (copy / "model.json").write_text(json.dumps(meta))
+    return copy
+
+
+@pytest.mark.parametrize("change, says", [({"num_classes": 10**30}, "outside 2..1,000,000"),
+                                          ({"classnames": ["only one"]}, "1 class names for 4 classes")])
+def test_a_damaged_model_json_is_one_line(lore_run: Path, colors: Path, tmp_path: Path, capsys, change, says) -> None:
+    run = _damaged_copy(lore_run, tmp_path, **change)
+    image = next(p for p in colors.rglob("*.png"))
+    assert lore_cli("predict", "--run", run, str(image), "--out", tmp_path / "p.csv") == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "model.json" in line and says in line
+
+
+def test_a_list_line_naming_a_symlink_loop_is_one_line(tmp_path: Path, capsys) -> None:
+    task = tmp_path / "eurosat"
+    write_vtab_lists(task)
+    (task / "images" / "loop.png").symlink_to(task / "images" / "loop.png")
+    (task / "test.txt").write_text("images/loop.png 0\n")
+    assert lore_cli(*TRAIN[:-6], "--data", task, "--format", "vtab", "--out", tmp_path / "run") == 2
+    assert "test.txt, line 1" in one_error_line(capsys.readouterr().err)

@@ -43,7 +43,12 @@ def check_same_options(cfg: TrainConfig, hint: str = OTHER_OPTIONS_HINT) -> None
 
 
 def refuse_changed(cfgs: list[TrainConfig], hint: str = OTHER_OPTIONS_HINT) -> None:
-    """Before a grid writes anything: every cell that already holds a run was made with its options."""
+    """Before a grid writes anything: every cell's options are in range, and every cell that
+    already holds a run was made with its options."""
+    from .config import validate
+
+    for cfg in cfgs:
+        validate(cfg)
     for cfg in cfgs:
         if rundir.holds_run(cfg.out):
             check_same_options(cfg, hint)

@@ -67,7 +67,17 @@ def read_recipe(run_dir: str | Path) -> dict:
                             "the file is damaged (re-run training)")
     if not isinstance(meta.get("options", {}), dict) or not isinstance(meta.get("classnames") or [], list):
         raise LoreError(f"{run_dir}/model.json: 'options' / 'classnames' have the wrong types; the file is damaged")
+    if not 2 <= meta["num_classes"] <= MAX_CLASSES:
+        raise LoreError(f"{run_dir}/model.json: num_classes {meta['num_classes']} is outside 2..{MAX_CLASSES:,}; "
+                        "the file is damaged (re-run training)")
+    names = meta.get("classnames") or []
+    if names and (len(names) != meta["num_classes"] or not all(isinstance(n, str) for n in names)):
+        raise LoreError(f"{run_dir}/model.json: {len(names)} class names for {meta['num_classes']} classes (or "
+                        "names that are not text); the file is damaged (re-run training)")
     return meta
+
+
+MAX_CLASSES = 1_000_000  # far above any label set a ViT head is trained on (ImageNet-21k: 21,843)
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ import yaml
 
 from .errors import LoreError
 from .recipes import apply_recipe
-from .values import INT_RANGES, default_workers, opt, typed  # noqa: F401 - opt: the options' API
+from .values import INT_RANGES, SEED_MAX, default_workers, opt, typed  # noqa: F401 - opt: the options' API
 
 
 
@@ -143,6 +143,13 @@ def validate(cfg: TrainConfig) -> None:
             raise LoreError(f"--{name.replace('_', '-')} must be in (0, 1], got {value}")
     if cfg.wd < 0:
         raise LoreError(f"--wd must be >= 0, got {cfg.wd}")
+    if not 0 <= cfg.seed <= SEED_MAX:
+        raise LoreError(f"--seed must be in 0..{SEED_MAX} (32 bits), got {cfg.seed}")
+    if cfg.warmup == "linear" and cfg.warmup_epochs >= cfg.epochs:
+        # the linear warm-up would still be rising when training ends: every step short of lr, the
+        # first at 0; with a per-epoch schedule and one epoch, no step would train at all
+        raise LoreError(f"--warmup-epochs {cfg.warmup_epochs} with --warmup linear needs more than that many "
+                        f"--epochs (got {cfg.epochs}); lower --warmup-epochs or raise --epochs")
     if cfg.global_prompts is not None and cfg.global_prompts < 0:
         raise LoreError(f"--global-prompts must be >= 0, got {cfg.global_prompts}")
     if cfg.shots is not None and cfg.shots < 1:

@@ -37,8 +37,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=TOLERANCE,
                         help=f"largest accepted |logit difference| / max(1, max |logit|) between "
                              f"onnxruntime and PyTorch (default: {TOLERANCE:g})")
-    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default: {OPSET})")
+    parser.add_argument("--opset", type=int, default=OPSET,
+                        help=f"ONNX opset, {OPSET}..{max_opset()} (torch's exporter builds {OPSET} and converts "
+                             f"upwards; default: {OPSET})")
     parser.add_argument("--checkpoint", help="backbone weights, if they moved since training")
+
+
+def max_opset() -> int:
+    """The newest opset torch.onnx says it can write."""
+    from torch.onnx import _constants
+
+    return int(_constants.ONNX_MAX_OPSET)
+
+
+def check_opset(opset: int) -> None:
+    # below 18 torch's exporter falls back to 18 with a traceback on stderr instead of failing
+    if not OPSET <= opset <= max_opset():
+        raise LoreError(f"--opset {opset}: torch.onnx writes opsets {OPSET}..{max_opset()} for this exporter; "
+                        f"choose one in that range (default {OPSET})")
+
+
+def written_opset(path: Path) -> int:
+    """The default-domain opset the ONNX file really declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def require() -> None:
@@ -107,6 +131,11 @@ def main(args: argparse.Namespace) -> dict:
 
     require()
     out = check_output_file(args.out, suffixes=(".onnx",), side_files=(".json",))
+    side = out.with_suffix(".json")
+    if side.is_dir():  # checked first: the two files are published together or not at all
+        raise LoreError(f"--out {out}: its description {side} would be written beside it, but that is a "
+                        "directory; choose another --out name")
+    check_opset(args.opset)
     if not (args.tolerance > 0 and math.isfinite(args.tolerance)):
         raise LoreError(f"--tolerance must be a positive number, got {args.tolerance}")
     run_dir = Path(args.run)
@@ -124,16 +153,40 @@ def main(args: argparse.Namespace) -> dict:
         except Exception as e:  # the exporter's own errors are long; keep the first line
             raise LoreError(f"--run {run_dir}: torch.onnx could not export the {meta['method']} model "
                             f"({type(e).__name__}: {str(e).strip().splitlines()[0][:300]})") from None
+        opset = written_opset(staged)
+        if opset != args.opset:
+            raise LoreError(f"--opset {args.opset}: torch.onnx wrote opset {opset} instead; nothing was "
+                            f"written (use --opset {opset})")
         diff = compare(model, staged, img_size)
         if not diff <= args.tolerance:
             raise LoreError(f"--run {run_dir}: the exported model's logits differ from PyTorch's by "
                             f"{diff:.3g} (relative), more than --tolerance {args.tolerance:g}; nothing was "
                             "written")
-        for f in sorted(tmp.iterdir()):  # the .onnx file and, for >2 GB models, its weights
+        info = _description(args, out, run_dir, meta, img_size, opset, diff, cfg, model, __version__)
+        staged_json = tmp / side.name
+        atomic_write_json(staged_json, info)
+        # the .onnx file (and, for >2 GB models, its weights), its description last: both or neither
+        for f in sorted(p for p in tmp.iterdir() if p != staged_json):
             os.replace(f, out.parent / f.name)
+        try:
+            os.replace(staged_json, side)
+        except OSError as e:
+            out.unlink(missing_ok=True)
+            raise LoreError(f"--out {out}: cannot write {side} ({e.strerror}); the export was not "
+                            "published") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    info = {"format": "onnx", "opset": args.opset, "file": out.name, "lore_version": __version__,
+    print(f"{meta['method']} run {run_dir} -> {out} (+ {side.name}); onnxruntime "
+          f"matches PyTorch to {diff:.2g} (tolerance {args.tolerance:g})")
+    return info
+
+
+def _description(args, out: Path, run_dir: Path, meta: dict, img_size: int, opset: int, diff: float,
+                 cfg, model, version: str) -> dict:
+    """The JSON beside the ONNX file: what was written, how to feed it, how it was checked."""
+    from .runs import run_data_config
+
+    return {"format": "onnx", "opset": opset, "file": out.name, "lore_version": version,
             "run": str(run_dir.resolve()), "method": meta["method"], "backbone": meta["backbone"],
             "classnames": list(meta.get("classnames") or []), "num_classes": meta["num_classes"],
             "input": {"name": "images", "shape": ["batch", 3, img_size, img_size]},
@@ -142,7 +195,3 @@ def main(args: argparse.Namespace) -> dict:
             "preprocessing": preprocessing(img_size, run_data_config(cfg, model.black_box)),
             "checked": {"runtime": "onnxruntime CPUExecutionProvider", "batch_sizes": [2, 3],
                         "max_relative_logit_difference": diff, "tolerance": args.tolerance}}
-    atomic_write_json(out.with_suffix(".json"), info)
-    print(f"{meta['method']} run {run_dir} -> {out} (+ {out.with_suffix('.json').name}); onnxruntime "
-          f"matches PyTorch to {diff:.2g} (tolerance {args.tolerance:g})")
-    return info

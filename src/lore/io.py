@@ -94,17 +94,29 @@ def state_dict_mismatch(own: dict, state: dict, optional: tuple[str, ...] = ()) 
     return "; ".join(parts)
 
 
-def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+def read_json(path: str | os.PathLike, what: str = "JSON file", unique_keys: bool = False) -> Any:
+    """``unique_keys``: an object naming a key twice is refused (Python keeps the last silently: an
+    image listed twice with two labels would lose one)."""
     path = Path(path)
     if not path.is_file():
         raise LoreError(f"{what} not found: {path}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+        return json.loads(path.read_text(encoding="utf-8-sig"), parse_constant=_refuse_constant,
+                          object_pairs_hook=_unique_object if unique_keys else None)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
         raise LoreError(f"{what} {path} is not valid JSON ({str(e)[:160]}); fix or re-create the file") from None
     except RecursionError:
         raise LoreError(f"{what} {path} is nested deeper than Python can read; a data file never "
                         "needs that (is it the right file?)") from None
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict:
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"key {key!r:.80} appears twice")
+        seen[key] = value
+    return seen
 
 
 def _refuse_constant(name: str):
@@ -322,8 +334,20 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise LoreError(f"{flag} {path} is a file; give a directory")
+    _refuse_inside_run(path, flag)
     check_writable(path, flag)
     return path
+
+
+def _refuse_inside_run(path: Path, flag: str, allow_top: bool = False) -> None:
+    """Nothing inside a run directory's own folders (checkpoints/, ...) is another command's output;
+    ``allow_top``: a file directly in the run folder is (e.g. locality.json), its own files aside."""
+    from .rundir import enclosing_run
+
+    run = enclosing_run(path)
+    if run is not None and not (allow_top and path.parent == run):
+        raise LoreError(f"{flag} {path} is inside the run directory {run}; write outputs outside "
+                        "runs (a run's folders hold only what `lore train` writes)")
 
 
 def check_output_file(path: str | os.PathLike, flag: str = "--out", suffixes: tuple[str, ...] = (),
@@ -337,6 +361,7 @@ def check_output_file(path: str | os.PathLike, flag: str = "--out", suffixes: tu
         raise LoreError(f"{flag} {path} is a directory; give a file name such as {example}")
     if suffixes and path.suffix.lower() not in suffixes:
         raise LoreError(f"{flag} {path}: expected a file name ending in {' or '.join(suffixes)}")
+    _refuse_inside_run(Path(os.path.abspath(path)), flag, allow_top=True)
     if is_run_dir(path.parent):
         for target in [path, *(path.with_suffix(s) for s in side_files)]:
             if target.name in RUN_FILES:
@@ -355,7 +380,11 @@ def inside_root(root: str | os.PathLike, name: str, source: str | os.PathLike, l
         raise LoreError(f"{where}: {name!r} is not a name inside {root}; dataset files may only name "
                         "files under their own folder")
     path = root / name
-    resolved, base = path.resolve(), root.resolve()
+    try:
+        resolved, base = path.resolve(), root.resolve()
+    except (RuntimeError, OSError) as e:  # a symlink loop (RuntimeError before Python 3.13, OSError after)
+        raise LoreError(f"{where}: {name!r} cannot be resolved ({e}); dataset files may only name "
+                        "plain files under their own folder") from None
     if resolved == base or not resolved.is_relative_to(base):
         raise LoreError(f"{where}: {name!r} leads outside {root}; dataset files may only name files "
                         "under their own folder")

@@ -37,6 +37,15 @@ def is_run_dir(folder: str | os.PathLike) -> bool:
     return (folder / CONFIG).is_file() or (folder / MODEL).is_file()
 
 
+def enclosing_run(path: str | os.PathLike) -> Path | None:
+    """The run directory strictly above ``path`` (``RUN/checkpoints/x`` -> ``RUN``), if any: another
+    command writing there would replace or mix with a run's own state."""
+    for folder in Path(os.path.abspath(path)).parents:
+        if is_run_dir(folder):
+            return folder
+    return None
+
+
 def finished(folder: str | os.PathLike) -> bool:
     """final.json is there: the run completed."""
     return (Path(folder) / FINAL).is_file()

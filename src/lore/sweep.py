@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 import statistics
 from dataclasses import dataclass, fields
@@ -100,6 +101,8 @@ def main(args: argparse.Namespace) -> dict:
     base = dict(config_mod.load_yaml(args.config)) if getattr(args, "config", None) else {}
     base.update({f.name: getattr(args, f.name) for f in fields(TrainConfig)
                  if f.name not in GRID_FIELDS and hasattr(args, f.name)})
+    from .models.registry import refuse_row_options
+    refuse_row_options(methods, base, "lore sweep")
     return run_sweep(Path(args.out), methods, datasets, shots, seeds, base)
 
 
@@ -113,7 +116,22 @@ def split_values(text: str, cast, flag: str) -> list:
         raise LoreError(f"{flag} {text!r}: expected comma-separated {cast.__name__} values") from None
     if len(set(values)) != len(values):
         raise LoreError(f"{flag} {text!r}: repeated values")
+    check_grid_values(flag, values)
     return values
+
+
+def check_grid_values(flag: str, values: list) -> None:
+    """A grid list's range, before the grid writes anything (a bad rate would otherwise fail every
+    cell, and a re-run over a finished grid would replace its table with failures)."""
+    from .values import GRID_RANGES, SEED_MAX
+
+    if flag not in GRID_RANGES:
+        return
+    low, inclusive = GRID_RANGES[flag]
+    for v in values:
+        if not math.isfinite(v) or v < low or (v == low and not inclusive) or (flag == "--seeds" and v > SEED_MAX):
+            bound = f"0..{SEED_MAX}" if flag == "--seeds" else f"{'>=' if inclusive else '>'} {low:g}"
+            raise LoreError(f"{flag}: {v!r:.40} is out of range; every value must be {bound} (finite)")
 
 
 def check_methods(methods: list[str]) -> None:

@@ -24,6 +24,12 @@ _FALSE = {"false", "no", "off", "0", "n"}
 # int options of the harness with a lower bound
 INT_RANGES = {"epochs": 0, "batch_size": 1, "img_size": 8, "workers": 0, "keep_last": 1, "save_every": 0,
               "val_every": 0, "stage_h_epochs": 1, "warmup_epochs": 0, "bn_freeze_steps": 1}
+# seeds: numpy's legacy RandomState and most tools take 32 bits; lore derives per-epoch generator
+# seeds from them (seed * 100003 + epoch must stay a 64-bit torch seed)
+SEED_MAX = 2**32 - 1
+# the grids' own lists (`lore sweep`, `lore paper`): flag -> (lowest, lowest allowed?) checked
+# before a grid writes anything, named as the grid's flag
+GRID_RANGES = {"--lrs": (0.0, False), "--wds": (0.0, True), "--seeds": (0, True), "--shots": (1, True)}
 # options holding a path (stored absolute in a run's config.yaml)
 PATH_FIELDS = ("data", "classnames", "checkpoint", "out", "resume")
 # options that may differ between two runs of the same cell without changing its result (sweep reuse)

@@ -114,7 +114,7 @@ def _imagefolder(root: Path, image_dir: str | None, holdout: float) -> Splits:
         splits[split] = samples
     if "all" in splits:
         splits = _holdout_split(splits.pop("all"), holdout)
-    return Splits(classes, splits)
+    return Splits(classes, splits, files={s: str(folder) for s, folder in split_dirs.items()})
 
 
 def _holdout_split(samples: list[Sample], holdout: float) -> dict[str, list[Sample]]:
@@ -173,7 +173,7 @@ def _vpt_json(root: Path, image_dir: str | None, holdout: float) -> Splits:
             samples.append((str(inside_root(base, rel, root / f"{s}.json").resolve()), y))
         splits[s] = samples
     classnames = [names.get(i, f"class_{i}") for i in range(max(names) + 1)] if names else []
-    return Splits(classnames, splits)
+    return Splits(classnames, splits, files={s: str(root / f"{s}.json") for s in raw})
 
 
 def _coop_split(root: Path, image_dir: str | None, holdout: float) -> Splits:
@@ -217,7 +217,9 @@ def _coop_split(root: Path, image_dir: str | None, holdout: float) -> Splits:
     if not names:
         raise LoreError(f"{split_file}: lists no images")
     classnames = [names.get(i, f"class_{i}") for i in range(max(names) + 1)]
-    return Splits(classnames, {k: v for k, v in splits.items() if v})
+    # a split the file names stays, even empty: an empty test list is an error, not a reason to test on val
+    return Splits(classnames, {k: v for k, v in splits.items() if k in raw},
+                  files={s: f"{split_file} ({s!r} list)" for s in raw if s in SPLITS})
 
 
 def _csv(root: Path, image_dir: str | None, holdout: float) -> Splits:
@@ -232,7 +234,7 @@ def _csv(root: Path, image_dir: str | None, holdout: float) -> Splits:
     if not labels:
         raise LoreError(f"--data {root}: the CSV file(s) {', '.join(str(f) for f in files.values())} "
                         "list no images (only a header?)")
-    numeric = all(y.strip().isdigit() for y in labels)
+    numeric = all(y.strip().isascii() and y.strip().isdigit() for y in labels)
     if numeric:
         # a label beyond the row count is a corrupt file (and a class list up to it, a memory bomb)
         top = max(labels, key=lambda y: (len(y.strip().lstrip("0")), y.strip().lstrip("0")))
@@ -250,7 +252,7 @@ def _csv(root: Path, image_dir: str | None, holdout: float) -> Splits:
     splits = {s: [(str((base / p).resolve()), to_id[y]) for p, y in r] for s, r in rows.items()}
     if "all" in splits:
         splits = _holdout_split(splits.pop("all"), holdout)
-    return Splits(classnames, splits)
+    return Splits(classnames, splits, files={s: str(f) for s, f in files.items()})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +352,7 @@ def check_class_coverage(data: Splits, allow_missing: bool = False, warn=None) -
 
     problems = []
     n = len(data.classnames)
-    test_split = "test" if data.splits.get("test") else "val"
+    test_split = "test" if "test" in data.splits else "val"
     for split in ("train", test_split):
         samples = data.splits.get(split) or []
         if not samples:

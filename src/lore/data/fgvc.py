@@ -49,7 +49,7 @@ def _read_split(path: Path) -> dict:
     if not path.is_file():
         raise LoreError(f"--data {path.parent}: expected VPT's split file {path.name} there (VPT's FGVC "
                         "splits: train.json, val.json, test.json in the dataset's folder)")
-    raw = read_json(path, "VPT FGVC split file")
+    raw = read_json(path, "VPT FGVC split file", unique_keys=True)
     if not isinstance(raw, dict) or not raw:
         raise LoreError(f"{path}: expected an object mapping image path -> class id")
     for rel, y in raw.items():

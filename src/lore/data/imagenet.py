@@ -52,7 +52,7 @@ def _devkit_labels(root: Path, index: dict[str, int]) -> list[int] | None:
             id_to_wnid = {int(i): str(w) for i, w in zip(synsets["ILSVRC2012_ID"], synsets["WNID"])}
             labels = []
             for line, x in enumerate(read_lines(truth), 1):
-                if not x.isdigit() or int(x) not in id_to_wnid or id_to_wnid[int(x)] not in index:
+                if not (x.isascii() and x.isdigit()) or int(x) not in id_to_wnid or id_to_wnid[int(x)] not in index:
                     raise LoreError(f"imagenet: {truth}, line {line}: {x[:40]!r} is not a class id that "
                                     f"{meta} maps to an ImageNet-1k class")
                 labels.append(index[id_to_wnid[int(x)]])
@@ -98,7 +98,7 @@ def _flat_val(root: Path, val: Path, index: dict[str, int]) -> list[Sample]:
     samples = []
     for p in images:
         number = p.stem.rsplit("_", 1)[-1]
-        if not number.isdigit():
+        if not (number.isascii() and number.isdigit()):
             raise LoreError(f"imagenet: {p} does not end in a number (ILSVRC2012_val_NNNNNNNN.JPEG): the "
                             "devkit's ground truth labels the images by it")
         k = int(number)

@@ -61,7 +61,7 @@ def read_mat(name: str, path: Path, simplify: bool = False) -> dict:
 
 def read_lines(path: Path) -> list[str]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not part of line 1
     except UnicodeDecodeError as e:
         line = path.read_bytes()[:e.start].count(b"\n") + 1
         raise LoreError(f"{path}, line {line}: not UTF-8 text (byte {e.start}); is it the right file?") from None

@@ -54,9 +54,13 @@ def read_list(path: Path, root: Path) -> list[tuple[Path, int, int]]:
     rows = []
     for number, line in enumerate(read_lines(path), 1):
         parts = line.rsplit(maxsplit=1)
-        if len(parts) != 2 or not parts[1].isdigit():
+        # isdigit() also accepts '²' and other digits int() refuses: ASCII digits only
+        if len(parts) != 2 or not (parts[1].isascii() and parts[1].isdigit()):
             raise LoreError(f"{path}, line {number}: expected 'relative/path label', got {line[:80]!r}")
         rows.append((inside_root(root, parts[0], path, number), int(parts[1]), number))
+    if not rows:
+        raise LoreError(f"{path} lists no image; every VTAB-1k split list must hold its images (is the "
+                        "task folder complete?)")
     return rows
 
 

@@ -130,3 +130,18 @@ def row_rank(label: str) -> float:
         if label in m.all_labels():
             return m.order + m.all_labels().index(label) / 10
     return 99.5
+
+
+def refuse_row_options(rows: list[str], base: dict, command: str) -> None:
+    """A grid option that a row's name decides (``--no-kp`` beside the rows ``lore`` and
+    ``lore-no-kp``) would silently change that row: refused, naming both."""
+    for row in rows:
+        method, _ = resolve(row)
+        decided = {k for options in method.aliases.values() for k in options}
+        clash = sorted(k for k in decided if k in base)
+        if clash:
+            k = clash[0]
+            names = ", ".join(method.aliases)
+            raise LoreError(f"{command}: --{k.replace('_', '-')} {base[k]!r} contradicts the row {row!r}: the "
+                            f"rows {row!r} / {names} already decide {k}; drop --{k.replace('_', '-')} and "
+                            "choose rows with --methods")

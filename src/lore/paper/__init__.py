@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import config as config_mod
 from ..config import TrainConfig
 from ..errors import LoreError
+from ..models.registry import refuse_row_options
 from ..sweep import GRID_FIELDS, split_values
 
 # set per cell by the table (the grid, the recipe, the dataset as distributed) rather than by a flag
@@ -55,6 +56,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     config_mod.add_arguments(group, skip=PAPER_FIELDS)
 
 
+def check_out(out: Path) -> None:
+    """A table's folder is never a run directory (nor inside one): its runs/ and table files would
+    mix with the run's own."""
+    from .. import rundir
+    from ..io import check_output_dir
+
+    if rundir.is_run_dir(out):
+        raise LoreError(f"--out {out} is a run directory; give a new or a grid's folder for the table")
+    check_output_dir(out)
+
+
 def base_options(args: argparse.Namespace) -> dict:
     base = dict(config_mod.load_yaml(args.config)) if getattr(args, "config", None) else {}
     base.update({f.name: getattr(args, f.name) for f in fields(TrainConfig)
@@ -80,7 +92,9 @@ def main(args: argparse.Namespace) -> dict:
     root, out = Path(args.data_root).expanduser(), Path(args.out)
     if not root.is_dir():
         raise LoreError(f"--data-root {root}: no such folder")
+    check_out(out)
     base = base_options(args)
+    refuse_row_options(sorted({m for g in grid.groups for m in g.methods}), base, f"lore paper {args.table}")
     if args.plan:
         from .plan import plan
         return plan(grid, root, base, args.bench, args.measure)
@@ -88,7 +102,6 @@ def main(args: argparse.Namespace) -> dict:
         raise LoreError("--bench is read by --plan only")
     if args.shots_cap is not None and args.shots_cap < 1:
         raise LoreError(f"--shots-cap must be >= 1, got {args.shots_cap}")
-    out.mkdir(parents=True, exist_ok=True)
     results = run_grid(grid, root, out, base, args.shots_cap)
     if table.layout == "tasks":
         from .tasks import run_tasks, task_rows
@@ -114,4 +127,5 @@ def _petl(args: argparse.Namespace) -> dict:
         raise LoreError("--bench is read by --plan only")
     if args.shots_cap is not None and args.shots_cap < 1:
         raise LoreError(f"--shots-cap must be >= 1, got {args.shots_cap}")
+    check_out(Path(args.out))
     return petl_main(args, base_options(args))

@@ -21,7 +21,6 @@ every tuning run and the chosen pair.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from dataclasses import dataclass
@@ -102,11 +101,18 @@ class Run(Cell):
 
     def run_dir(self, out: Path) -> Path:
         # the chosen pair names the final folder too: a new choice trains new runs, never mixes them
-        return out / self.dataset.name / self.method / self.stage / f"lr{self.lr:g}_wd{self.wd:g}" / f"seed{self.seed}"
+        return out / self.dataset.name / self.method / self.stage / f"lr{number(self.lr)}_wd{number(self.wd)}" / f"seed{self.seed}"
 
     def label(self) -> str:
         pair = f"lr {self.lr:g}, wd {self.wd:g}"
         return f"{self.method} / {self.dataset.name} / {self.stage} {pair} / seed {self.seed}"
+
+
+def number(x: float) -> str:
+    """A grid value in a folder name: ``:g`` (the names finished grids already use) unless that loses
+    digits, then the shortest form that reads back as the same float (0.1 and 0.1000001 differ)."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(float(x))
 
 
 @dataclass
@@ -137,7 +143,17 @@ def run_options(plan: Plan, base: dict, task: str, method: str, lr: float, wd: f
 
 def protocol_base(plan: Plan, base: dict) -> dict:
     p = protocol()
-    return {"backbone": p["backbone"], **p["schedule"], **p["benchmarks"][plan.bench]["options"], **base}
+    values = {"backbone": p["backbone"], **p["schedule"], **p["benchmarks"][plan.bench]["options"], **base}
+    if "epochs" in base and "warmup_epochs" not in base:
+        values["warmup_epochs"] = scaled_warmup(values["epochs"])
+    return values
+
+
+def scaled_warmup(epochs: int) -> int:
+    """VPT's warm-up share of a shorter (or longer) schedule: 10 of 100 epochs, rounded down, so a
+    smoke run of a few epochs trains at its rates instead of warming up for all of them."""
+    schedule = protocol()["schedule"]
+    return schedule["warmup_epochs"] * epochs // schedule["epochs"]
 
 
 def make_run(plan: Plan, base: dict, task: str, method: str, stage: str, seed: int, lr: float,
@@ -179,6 +195,7 @@ def run_plan(plan: Plan, out: Path, base: dict) -> dict[tuple[str, str], dict]:
     # every tuning run made earlier with other options is refused here, before anything is written
     refuse_changed_recipes([(run, runs_dir, values, {}) for t in present for m in plan.methods
                             for run in tune_runs(plan, base, t, m)])
+    out.mkdir(parents=True, exist_ok=True)  # only now: a refused grid leaves no empty --out behind
     results: dict[tuple[str, str], dict] = {}
     pairs = [(m, t) for t in plan.tasks for m in plan.methods]
     for i, (method, task) in enumerate(pairs, 1):
@@ -331,15 +348,16 @@ def main(args, base: dict) -> dict:
     if args.shots:
         raise LoreError(f"--shots: lore paper {bench} trains on all of each task's training images "
                         "(--shots-cap N caps them for smoke runs)")
-    extra = {"lrs": split_values(args.lrs, float, "--lrs") if args.lrs else None,
-             "wds": split_values(args.wds, float, "--wds") if args.wds else None,
+    extra = {"lrs": split_values(args.lrs, float, "--lrs") if args.lrs is not None else None,
+             "wds": split_values(args.wds, float, "--wds") if args.wds is not None else None,
              "shots_cap": args.shots_cap, "unnamed": args.unnamed_classes}
-    plan = make_plan(bench, root, split_values(args.seeds, int, "--seeds") if args.seeds else None,
+    plan = make_plan(bench, root, split_values(args.seeds, int, "--seeds") if args.seeds is not None else None,
                      split_values(args.methods, str, "--methods") if args.methods else None,
                      split_values(args.datasets, str, "--datasets") if args.datasets else None, **extra)
+    from ..models.registry import refuse_row_options
+    refuse_row_options(plan.methods, base, f"lore paper {bench}")
     if args.plan:
         return print_plan(plan, base, args.bench, args.measure)
-    out.mkdir(parents=True, exist_ok=True)
     results = run_plan(plan, out, base)
     rows = table_rows(plan, results)
     write_outputs(plan, rows, results, out)
@@ -348,15 +366,27 @@ def main(args, base: dict) -> dict:
     if failed:
         raise LoreError(f"{len(failed)} of {len(results)} cells have no result (first: {' / '.join(failed[0])}: "
                         f"{cell_value(results[failed[0]]).note}); see {out / 'table.json'}")
+    # a failed tuning run changes the choice of (lr, wd), a failed seed the mean: never a clean exit
+    runs = [(k, stage, r) for k, e in results.items() if "missing" not in e
+            for stage in ("tuned", "finals") for r in e.get(stage, [])]
+    bad = [(k, stage, r) for k, stage, r in runs if r["status"] != "done"]
+    if bad:
+        (method, task), stage, r = bad[0]
+        which = f"lr {r['lr']:g} wd {r['wd']:g}" if stage == "tuned" else f"seed {r['seed']}"
+        raise LoreError(f"{len(bad)} of {len(runs)} runs failed (first: {method} / {task} "
+                        f"{'tuning' if stage == 'tuned' else 'final'} {which}: {r['error']}); the table is "
+                        f"written, see {out / 'table.json'}")
     return {"cells": len(results)}
 
 
 def _entries(path: Path) -> int:
-    """Entries of a split list: lines of a VTAB-1k .txt, keys of a VPT .json."""
-    text = path.read_text(encoding="utf-8", errors="replace")
+    """Entries of a split list, read and checked by the training reader (a broken list is refused
+    here as `lore train` would refuse it): keys of a VPT .json, lines of a VTAB-1k .txt."""
     if path.suffix == ".json":
-        return len(json.loads(text))
-    return sum(1 for line in text.splitlines() if line.strip())
+        from ..data.fgvc import _read_split
+        return len(_read_split(path))
+    from ..data.vtab import read_list
+    return len(read_list(path, path.parent))
 
 
 SPLIT_LISTS = {"vtab": {"tune_train": "train800.txt", "tune_val": "val200.txt", "train": "train800val200.txt",
@@ -369,10 +399,8 @@ def _split_sizes(plan: Plan, task: str) -> dict[str, int]:
     """Images per split of a found task, read from its lists (0 where a list is absent or unreadable)."""
     sizes = {}
     for key, name in SPLIT_LISTS[plan.bench].items():
-        try:
-            sizes[key] = _entries(plan.folders[task] / name)
-        except (OSError, ValueError):
-            sizes[key] = 0
+        path = plan.folders[task] / name
+        sizes[key] = _entries(path) if path.is_file() else 0
     return sizes
 
 

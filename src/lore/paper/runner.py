@@ -75,6 +75,7 @@ def run_grid(grid: Grid, data_root: Path, out: Path, base: dict,
     refuse_changed_recipes([(cell, out / "runs" / group.tag, _cell_values(base, group),
                              {"recipe_backbone": group.backbone, "shots_cap": shots_cap})
                             for group, cell in todo if not absent[cell.dataset.name]])
+    out.mkdir(parents=True, exist_ok=True)  # only now: a refused grid leaves no empty --out behind
     for i, (group, cell) in enumerate(todo, 1):
         key = (group.tag, cell.method, cell.dataset.name, cell.shots, cell.seed)
         prefix = f"[{i}/{len(todo)}] {group.tag} / {cell.label()}:"

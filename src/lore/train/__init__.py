@@ -55,7 +55,13 @@ from .. import rundir
 def run(cfg: TrainConfig) -> dict:
     """Train (or, with --dry-run, only describe) the run ``cfg`` describes; its final.json."""
     if cfg.resume:
-        cfg = _resume_config(cfg)
+        cfg = _resume_config(cfg)  # refuses changed recipe options first, finished run or not
+        if rundir.finished(Path(cfg.resume)) and not cfg.dry_run:
+            # a finished run is left as it is: its final.json (time, images/s) is not rewritten
+            from ..io import read_json
+            print(f"lore: {cfg.resume} is finished (final.json); nothing to resume. `lore eval --run "
+                  f"{cfg.resume}` re-evaluates it without changing it", file=sys.stderr)
+            return read_json(Path(cfg.resume) / rundir.FINAL, "the run's final.json")
     cfg = absolute_paths(cfg)
     config_mod.validate(cfg)
     if cfg.log == "tensorboard":
@@ -63,6 +69,7 @@ def run(cfg: TrainConfig) -> dict:
     cfg = resolve_backbone_defaults(cfg)
     if method_of(cfg.method).text_side:
         check_text_side(cfg)
+    _check_zeroshot_negative(cfg)
     if cfg.out:
         check_output_dir(cfg.out, "--resume" if cfg.resume else "--out")
     info = init_distributed(resolve_device(cfg.device).type)
@@ -73,6 +80,16 @@ def run(cfg: TrainConfig) -> dict:
             return _train(cfg, info)
     finally:
         cleanup(info)
+
+
+def _check_zeroshot_negative(cfg: TrainConfig) -> None:
+    """--negative zeroshot needs the backbone's CLIP image projection: said before any data is read,
+    not as a shape error in the first step."""
+    from ..backbone import has_clip_projection
+
+    if cfg.kp and cfg.negative == "zeroshot" and not cfg.checkpoint and not has_clip_projection(cfg.backbone):
+        raise LoreError(f"--negative zeroshot needs a CLIP backbone (its zero-shot prediction gives p), got "
+                        f"{cfg.backbone}; use --negative model or --negative probe")
 
 
 def _resolve_device(cfg: TrainConfig, info: DistInfo) -> torch.device:
@@ -160,8 +177,11 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     data = load_data(cfg)
     classnames = data.classnames
     train_all = data.get("train")
-    test = data.splits.get("test") or data.get("val")
-    val = data.splits.get("val") if data.splits.get("test") else None
+    test_name, test = data.test_split()
+    val = data.splits.get("val") if test_name == "test" else None
+    if test_name != "test":  # said in config.yaml and final.json, not only on the terminal
+        data.note = "; ".join(filter(None, [data.note, f"the data has no test split: the run is tested on "
+                                            f"its {test_name} split, none of whose images it trains on"]))
     check_headers(test, "test")
     method = method_of(cfg.method)
     if info.main:
@@ -175,6 +195,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     started = time.time()
     stages = _train_model(ctx, method, model, train_all, test, val, knowledge, classnames)
     final = _final(ctx, model, test, stages, time.time() - started, len(classnames))
+    final["test_split"] = test_name
     if info.main:
         recipe = {"backbone": cfg.backbone, "pretrained": cfg.pretrained, "checkpoint": cfg.checkpoint,
                   "backbone_args": cfg.backbone_args, "backbone_init_seed": cfg.seed,

@@ -81,7 +81,9 @@ def epoch_metrics(ctx: Context, model: nn.Module, sums: dict, epoch: int, stage:
     """One metrics.jsonl line: the epoch's loss terms and training accuracy reduced over processes, and
     the validation accuracy every --val-every epochs."""
     keys = sorted(sums)
-    vec = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=ctx.device)
+    # one read of the device-side sums (the step loop never reads them)
+    vec = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64).to(ctx.device) for k in keys]) if keys \
+        else torch.zeros(0, dtype=torch.float64, device=ctx.device)
     vec = dict(zip(keys, all_reduce_sum(vec, ctx.info).tolist()))
     n = max(vec.get("n", 0.0), 1.0)
     line = {"stage": stage, "epoch": epoch + 1, "lr": lr, "loss": vec.get("loss", 0.0) / n}

@@ -8,7 +8,6 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -20,12 +19,15 @@ from ..checkpoint import load_train_state
 from ..config import TrainConfig
 from ..data import EpochBatchSampler, ImageDataset, train_transform
 from ..data.sampling import check_batch_for_norm
-from ..distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm
+from ..distributed import convert_sync_batchnorm
 from ..errors import LoreError
 from ..progress import Heartbeat
 from .context import Context, amp_dtype
 from .bookkeeping import latest_state, save_state, truncate_metrics
 from .. import rundir
+
+# steps between the host's reads of the running sums and the finiteness record (a logging interval)
+SYNC_EVERY = 50
 
 
 def _cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
@@ -83,6 +85,8 @@ class _Loop:
     tb: object | None
     epoch_metrics: Callable[..., dict]
     cur_lr: float = 0.0
+    # the first non-finite step of the stage, kept on the device: [global step (inf: none), its loss]
+    bad: torch.Tensor | None = None
 
 
 def fit(ctx: Context, model: nn.Module, samples: list, lr: float, stage: str, val: list | None, epochs: int,
@@ -131,7 +135,8 @@ def _start_loop(ctx: Context, model: nn.Module, samples: list, lr: float, stage:
     amp = amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     return _Loop(ctx, model, samples, lr, stage, val, epochs, optimizer, dataset, steps_per_epoch, counters,
-                 step_fn, amp, scaler, tb, epoch_metrics)
+                 step_fn, amp, scaler, tb, epoch_metrics,
+                 bad=torch.tensor([math.inf, math.nan], dtype=torch.float64, device=device))
 
 
 def _train_epoch(loop: _Loop, epoch: int) -> None:
@@ -150,7 +155,8 @@ def _train_epoch(loop: _Loop, epoch: int) -> None:
     loader = torch.utils.data.DataLoader(loop.dataset, batch_sampler=sampler, num_workers=cfg.workers,
                                          pin_memory=ctx.device.type == "cuda",
                                          generator=torch.Generator().manual_seed(cfg.seed + epoch))
-    sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in counters["sums"].items()}
+    # the running sums stay on the device: a step never waits for the host to read a number
+    sums = {k: torch.tensor(v, dtype=torch.float64, device=ctx.device) for k, v in counters["sums"].items()}
     epoch_start = time.time()
     bar = tqdm(loader, desc=f"{stage} epoch {epoch + 1}/{loop.epochs}", disable=not info.main or None,
                leave=False, dynamic_ncols=True, file=sys.stderr)
@@ -158,17 +164,25 @@ def _train_epoch(loop: _Loop, epoch: int) -> None:
     for images, targets, index in bar:
         batch_sums = _train_step(loop, epoch, sampler.global_batch(counters["step"]), images, targets, index)
         for k, v in batch_sums.items():
-            sums[k] = sums.get(k, torch.tensor(0.0, dtype=torch.float64)) + v
-        bar.set_postfix(loss=f"{batch_sums['loss'] / max(batch_sums['n'], 1):.4f}", lr=f"{loop.cur_lr:.2e}")
+            sums[k] = sums[k] + v if k in sums else v.to(torch.float64)
+        saving = bool(cfg.save_every) and counters["global_step"] % cfg.save_every == 0 and \
+            counters["step"] < loop.steps_per_epoch
+        # the host reads the device once per logging interval (same steps on every process) and
+        # before a checkpoint is written: no checkpoint ever holds a step after a non-finite loss
+        if saving or counters["global_step"] % SYNC_EVERY == 0:
+            check_finite(loop)
+            if not bar.disable:
+                bar.set_postfix(loss=f"{float(sums['loss']) / max(float(sums['n']), 1):.4f}",
+                                lr=f"{loop.cur_lr:.2e}")
         if heartbeat.due():
             ctx.log(f"{stage} epoch {epoch + 1}/{loop.epochs} step {counters['step']}/{loop.steps_per_epoch} "
                     f"loss {float(sums['loss']) / max(float(sums['n']), 1):.4f} lr {loop.cur_lr:.2e} "
                     f"({heartbeat.elapsed():.0f} s into the epoch)")
-        if cfg.save_every and counters["global_step"] % cfg.save_every == 0 and \
-                counters["step"] < loop.steps_per_epoch:
+        if saving:
             counters["sums"] = {k: float(v) for k, v in sums.items()}
             save_state(ctx, loop.model, loop.optimizer, counters)
     bar.close()
+    check_finite(loop)  # before the epoch's metrics line and checkpoint
     line = loop.epoch_metrics(ctx, loop.model, sums, epoch, stage, loop.cur_lr, time.time() - epoch_start, loop.val,
                           loop.samples)
     counters.update(epoch=epoch + 1, step=0, sums={})
@@ -200,24 +214,42 @@ def _train_step(loop: _Loop, epoch: int, global_batch: int, images: torch.Tensor
         per_sample, logits, terms = loop.step_fn(images, targets, index)
     # sum / global batch * world: DDP's gradient averaging then gives the global-batch mean
     loss = per_sample.float().sum() * ctx.info.world / global_batch
-    _check_finite(loss, ctx.info, epoch, step, counters["global_step"], ctx.out / rundir.CHECKPOINTS)
+    _record_non_finite(loop, loss, counters["global_step"])
     loop.optimizer.zero_grad(set_to_none=True)
     loop.scaler.scale(loss).backward()
     loop.scaler.step(loop.optimizer)
     loop.scaler.update()
-    batch_sums = {"n": float(len(targets)), "loss": per_sample.detach().float().sum().item(),
-                  "correct": (logits.detach().argmax(-1) == targets).sum().item()}
+    # device tensors: read by the host only at a logging interval or the epoch's end
+    batch_sums = {"n": torch.full((), float(len(targets)), dtype=torch.float64, device=device),
+                  "loss": per_sample.detach().float().sum(),
+                  "correct": (logits.detach().argmax(-1) == targets).sum()}
     for k, v in terms.items():
-        batch_sums[f"loss_{k}"] = v.float().sum().item()
+        batch_sums[f"loss_{k}"] = v.detach().float().sum()
     counters["step"] += 1
     counters["global_step"] += 1
     return batch_sums
 
 
-def _check_finite(loss: torch.Tensor, info: DistInfo, epoch: int, step: int, global_step: int,
-                  ckpt_dir: Path) -> None:
-    flag = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
-    if all_reduce_sum(flag, info).item() > 0:
-        raise LoreError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step} (global step "
-                        f"{global_step}); training stopped, the last good checkpoint in {ckpt_dir} is "
-                        "kept. Lower --lr, check the data, or disable --amp")
+def _record_non_finite(loop: _Loop, loss: torch.Tensor, global_step: int) -> None:
+    """Keep, on the device, the first step whose loss is not finite (no host synchronisation)."""
+    first = ~torch.isfinite(loss.detach()) & torch.isinf(loop.bad[0])
+    loop.bad[0] = torch.where(first, float(global_step), loop.bad[0])
+    loop.bad[1] = torch.where(first, loss.detach().double(), loop.bad[1])
+
+
+def check_finite(loop: _Loop) -> None:
+    """Stop training, naming the epoch and step of the first non-finite loss (the earliest over all
+    processes); the last checkpoint written before it is kept."""
+    bad = loop.bad.clone()
+    if loop.ctx.info.enabled:
+        import torch.distributed as dist
+        step = bad[:1].contiguous()
+        dist.all_reduce(step, op=dist.ReduceOp.MIN)
+        bad[0] = step[0]
+    global_step, value = bad.tolist()
+    if math.isinf(global_step):
+        return
+    epoch, step = divmod(int(global_step), loop.steps_per_epoch)
+    raise LoreError(f"loss became {value} at epoch {epoch + 1}, step {step} (global step {int(global_step)}); "
+                    f"training stopped, the last good checkpoint in {loop.ctx.out / rundir.CHECKPOINTS} is "
+                    "kept. Lower --lr, check the data, or disable --amp")

@@ -131,3 +131,32 @@ def test_method_lore_without_knowledge_file_is_clear(colors, tmp_path, capsys):
     code = lore_cli("train", "--method", "lore", *TINY_BACKBONE, "--data", colors, "--out",
                     tmp_path / "o", "--knowledge", "file:" + str(tmp_path / "none.npy"))
     assert code == 2 and "file not found" in capsys.readouterr().err
+
+
+def test_nan_at_step_k_is_reported_at_step_k_and_no_later_checkpoint(colors, tmp_path, capsys, monkeypatch):
+    """The step never reads the loss on the host: the first non-finite step is recorded on the
+    device, found at the next read, and named exactly; no checkpoint holds a step after it."""
+    from lore.train import loop
+
+    real, calls = loop._Step.forward, {"n": 0}
+
+    def poisoned(self, images, targets, index):
+        per_sample, logits, terms = real(self, images, targets, index)
+        calls["n"] += 1
+        if calls["n"] in (5, 6):  # global steps 4 and 5 (0-based): the first one is the one named
+            per_sample = per_sample * float("nan")
+        return per_sample, logits, terms
+
+    monkeypatch.setattr(loop._Step, "forward", poisoned)
+    run = tmp_path / "nan"
+    # 48 training images in batches of 16: 3 steps per epoch, global step 4 = epoch 2, step 1
+    code = lore_cli("train", "--method", "vpt-deep", *TINY_BACKBONE, "--data", colors, "--out", run,
+                    "--epochs", "4", "--batch-size", "16", "--save-every", "2", "--keep-last", "10")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("lore: error: loss became nan at epoch 2, step 1 (global step 4)"), err[-1]
+    saved = sorted(p.name for p in (run / "checkpoints").glob("*.safetensors"))
+    assert saved == ["main-step-00000002.safetensors", "main-step-00000003.safetensors",
+                     "main-step-00000004.safetensors"]
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1] and not (run / "final.json").exists()

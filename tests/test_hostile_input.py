@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -621,3 +622,127 @@ def test_a_list_line_naming_a_symlink_loop_is_one_line(tmp_path: Path, capsys) -
     (task / "test.txt").write_text("images/loop.png 0\n")
     assert lore_cli(*TRAIN[:-6], "--data", task, "--format", "vtab", "--out", tmp_path / "run") == 2
     assert "test.txt, line 1" in one_error_line(capsys.readouterr().err)
+
+
+# ------------------------------------------------------------------------------------------------
+# round four, every reader and output: the file an empty split came from, the test split a run
+# scored, a run's folders never another command's output, symlink loops in CSV lists
+
+
+def _png(path: Path, value: int) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+
+
+def _empty_test_split(fmt: str, root: Path) -> str:
+    """Two classes of two images in ``fmt``, whose test split lists nothing; the file that says so."""
+    labelled = [(f"img/{c}{i}.png", y) for y, c in enumerate("ab") for i in range(2)]
+    for name, y in labelled:
+        _png(root / name, 120 * y)
+    if fmt == "vtab":  # an unnamed task: `relative/path label` lines, four lists
+        lines = "".join(f"{n} {y}\n" for n, y in labelled)
+        for name in ("train800.txt", "val200.txt", "train800val200.txt"):
+            (root / name).write_text(lines)
+        (root / "test.txt").write_text("")
+        return "test.txt"
+    if fmt == "vpt-json":  # {relative path: class id}
+        (root / "train.json").write_text(json.dumps(dict(labelled)))
+        (root / "test.json").write_text("{}")
+        return "test.json"
+    if fmt == "coop-split":  # {split: [[path, label, classname], ...]}
+        (root / "split_zhou_x.json").write_text(json.dumps({"train": [[n, y, "ab"[y]] for n, y in labelled],
+                                                            "val": [], "test": []}))
+        return "split_zhou_x.json"
+    if fmt == "csv":  # path,label rows; the test file only a header
+        (root / "train.csv").write_text("path,label\n" + "".join(f"{n},{'ab'[y]}\n" for n, y in labelled))
+        (root / "test.csv").write_text("path,label\n")
+        return "test.csv"
+    for name, y in labelled:  # imagefolder: train/<class>/..., a test/ folder without classes
+        _png(root / "train" / "ab"[y] / Path(name).name, 120 * y)
+    (root / "test").mkdir()
+    return "test"
+
+
+@pytest.mark.parametrize("fmt", ["vpt-json", "coop-split", "csv", "imagefolder"])
+def test_an_empty_test_split_is_an_error_naming_its_file_never_a_val_score(fmt: str, tmp_path: Path,
+                                                                           capsys) -> None:
+    root = tmp_path / "task"
+    marker = _empty_test_split(fmt, root)
+    out = tmp_path / "run"
+    assert lore_cli(*TRAIN, "--data", root, "--format", fmt, "--out", out) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(root / marker) in line, line
+    assert not out.exists()
+
+
+def test_without_a_test_split_a_disjoint_val_is_the_test_set_and_the_run_says_so(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "task"
+    train = {f"img/t{c}{i}.png": y for y, c in enumerate("ab") for i in range(2)}
+    val = {f"img/v{c}.png": y for y, c in enumerate("ab")}
+    for name, y in {**train, **val}.items():
+        _png(root / name, 120 * y)
+    (root / "train.json").write_text(json.dumps(train))
+    (root / "val.json").write_text(json.dumps(val))
+    out = tmp_path / "run"
+    assert lore_cli(*TRAIN, "--data", root, "--format", "vpt-json", "--out", out) == 0
+    final = json.loads((out / "final.json").read_text())
+    assert final["test_split"] == "val" and final["test_samples"] == 2
+    assert "no test split" in (out / "config.yaml").read_text() and "no test split" in capsys.readouterr().err
+    # a val folder of links to training images is no test set
+    shared = tmp_path / "shared"
+    for c, y in (("a", 0), ("b", 1)):
+        for i in range(2):
+            _png(shared / "train" / c / f"{i}.png", 120 * y)
+        (shared / "val" / c).mkdir(parents=True)
+        (shared / "val" / c / "0.png").symlink_to(shared / "train" / c / "0.png")
+    assert lore_cli(*TRAIN, "--data", shared, "--out", tmp_path / "run2") == 2
+    assert "part of the training pool" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.fixture(scope="module")
+def linear_run(colors: Path, tmp_path_factory) -> Path:
+    """A finished one-epoch linear run with a resumable checkpoint."""
+    out = tmp_path_factory.mktemp("round4") / "run"
+    assert lore_cli(*TRAIN, "--data", colors, "--out", out) == 0
+    assert list((out / "checkpoints").glob("*.safetensors"))
+    return out
+
+
+def test_every_output_flag_refuses_a_run_directory_and_its_folders(linear_run: Path, colors: Path, tmp_path: Path,
+                                                                  capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(linear_run, run)
+    image = next((colors / "test").rglob("*.png"))
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    for argv in (["predict", "--run", run, image, "--out", run / "tb" / "p.csv", "--workers", 0],
+                 ["export", "--run", run, "--out", run / "checkpoints" / "m.onnx"],
+                 ["eval", "--run", run, "--out", run, "--workers", 0],
+                 ["attention", "--run", run, "--data", colors, "--out", run / "checkpoints" / "a.png"],
+                 ["report", run, "--out", run / "checkpoints" / "r.html"],
+                 ["paper", "vtab", "--data-root", tmp_path, "--out", run],
+                 ["paper", "vtab", "--data-root", tmp_path, "--out", run / "checkpoints" / "grid"],
+                 ["sweep", "--methods", "linear", "--datasets", f"colors={colors}", "--shots", 2, "--out", run],
+                 ["sweep", "--methods", "linear", "--datasets", f"colors={colors}", "--shots", 2,
+                  "--out", run / "grid"],
+                 ["bench", "--out", run / "checkpoints"]):
+        assert lore_cli(*argv) == 2, argv
+        line = one_error_line(capsys.readouterr().err)
+        assert str(run) in line and "run directory" in line, line
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == sorted(
+        p.relative_to(linear_run) for p in linear_run.rglob("*"))  # no folder made either
+
+
+def test_a_csv_row_naming_a_symlink_loop_is_one_line_naming_file_and_row(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "data"
+    for y, c in enumerate("ab"):
+        _png(root / "img" / f"{c}.png", 120 * y)
+    (root / "loop_a").symlink_to(root / "loop_b")
+    (root / "loop_b").symlink_to(root / "loop_a")
+    (root / "train.csv").write_text(f"path,label\n{root / 'img' / 'a.png'},a\n{root / 'img' / 'b.png'},b\n")
+    (root / "test.csv").write_text(f"path,label\n{root / 'img' / 'a.png'},a\n{root / 'loop_a' / 'x.png'},b\n")
+    assert lore_cli(*TRAIN, "--data", root, "--format", "csv", "--out", tmp_path / "run") == 2
+    assert f"{root / 'test.csv'}, row 2" in one_error_line(capsys.readouterr().err)

@@ -224,7 +224,7 @@ def main(args: argparse.Namespace) -> dict:
     if args.threads < 0:
         raise LoreError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
     if args.out:
-        check_output_dir(args.out)
+        check_output_dir(args.out, allow_run=False)
     if args.threads:
         torch.set_num_threads(args.threads)
     report = run(args.backbone, [m.strip() for m in args.methods.split(",") if m.strip()],

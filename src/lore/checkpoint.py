@@ -68,8 +68,8 @@ def read_recipe(run_dir: str | Path) -> dict:
     if not isinstance(meta.get("options", {}), dict) or not isinstance(meta.get("classnames") or [], list):
         raise LoreError(f"{run_dir}/model.json: 'options' / 'classnames' have the wrong types; the file is damaged")
     if not 2 <= meta["num_classes"] <= MAX_CLASSES:
-        raise LoreError(f"{run_dir}/model.json: num_classes {meta['num_classes']} is outside 2..{MAX_CLASSES:,}; "
-                        "the file is damaged (re-run training)")
+        raise LoreError(f"{run_dir}/model.json: num_classes {meta['num_classes']!s:.40} is outside "
+                        f"2..{MAX_CLASSES:,}; the file is damaged (re-run training)")
     names = meta.get("classnames") or []
     if names and (len(names) != meta["num_classes"] or not all(isinstance(n, str) for n in names)):
         raise LoreError(f"{run_dir}/model.json: {len(names)} class names for {meta['num_classes']} classes (or "

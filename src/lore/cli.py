@@ -82,7 +82,7 @@ def _eval_main(args: argparse.Namespace) -> dict:
     from .train import Context, evaluate, run_data_config
 
     run_dir = Path(args.run)
-    out = check_output_dir(args.out or run_dir, "--out" if args.out else "--run")
+    out = check_output_dir(args.out or run_dir, "--out" if args.out else "--run", allow_run=not args.out)
     device = resolve_device(args.device)
     model, meta = load_run(run_dir, device, backbone_checkpoint=args.checkpoint)
     cfg = saved_config(run_dir, batch_size=args.batch_size, workers=args.workers, device=str(device))

@@ -38,22 +38,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"largest accepted |logit difference| / max(1, max |logit|) between "
                              f"onnxruntime and PyTorch (default: {TOLERANCE:g})")
     parser.add_argument("--opset", type=int, default=OPSET,
-                        help=f"ONNX opset, {OPSET}..{max_opset()} (torch's exporter builds {OPSET} and converts "
-                             f"upwards; default: {OPSET})")
+                        help="ONNX opset, {}..{} (torch's exporter builds the lowest and converts upwards; "
+                             "default: {})".format(*supported_opsets(), OPSET))
     parser.add_argument("--checkpoint", help="backbone weights, if they moved since training")
 
 
-def max_opset() -> int:
-    """The newest opset torch.onnx says it can write."""
+def supported_opsets() -> tuple[int, int]:
+    """The opsets torch.onnx's exporter writes, as torch states them: its op library's own opset
+    (lower ones fall back to it with a traceback on stderr) up to the newest it converts to."""
     from torch.onnx import _constants
 
-    return int(_constants.ONNX_MAX_OPSET)
+    try:
+        from torch.onnx._internal.exporter._constants import TORCHLIB_OPSET as lowest
+    except ImportError:  # torch moved it: the opset this exporter has built since torch 2.5
+        lowest = OPSET
+    return int(lowest), int(_constants.ONNX_MAX_OPSET)
 
 
 def check_opset(opset: int) -> None:
-    # below 18 torch's exporter falls back to 18 with a traceback on stderr instead of failing
-    if not OPSET <= opset <= max_opset():
-        raise LoreError(f"--opset {opset}: torch.onnx writes opsets {OPSET}..{max_opset()} for this exporter; "
+    lowest, highest = supported_opsets()
+    if not lowest <= opset <= highest:
+        raise LoreError(f"--opset {opset}: torch.onnx writes opsets {lowest}..{highest} for this exporter; "
                         f"choose one in that range (default {OPSET})")
 
 
@@ -98,7 +103,12 @@ def compare(model: torch.nn.Module, path: Path, img_size: int) -> float:
     max(1, max |logit|)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # e.g. an opset newer than this onnxruntime runs
+        raise LoreError(f"onnxruntime {ort.__version__} cannot load the exported model "
+                        f"({str(e).strip().splitlines()[0][:200]}); nothing was written (try the default "
+                        f"--opset {OPSET}, or a newer onnxruntime)") from None
     worst = 0.0
     for batch, seed in ((2, 1), (3, 2)):
         x = fixed_inputs(batch, img_size, seed)

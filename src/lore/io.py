@@ -329,11 +329,15 @@ def check_writable(path: str | os.PathLike, flag: str = "--out") -> None:
                         "location") from None
 
 
-def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """``path`` may be used as an output folder: not a file, writable."""
+def check_output_dir(path: str | os.PathLike, flag: str = "--out", allow_run: bool = True) -> Path:
+    """``path`` may be used as an output folder: not a file, writable, not inside a run directory,
+    and (unless ``allow_run``: training, a run's own evaluation) not a run directory itself."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise LoreError(f"{flag} {path} is a file; give a directory")
+    if not allow_run and is_run_dir(path):
+        raise LoreError(f"{flag} {path} is a run directory; its folder holds only what `lore train` writes "
+                        "(give a folder of its own)")
     _refuse_inside_run(path, flag)
     check_writable(path, flag)
     return path
@@ -380,15 +384,21 @@ def inside_root(root: str | os.PathLike, name: str, source: str | os.PathLike, l
         raise LoreError(f"{where}: {name!r} is not a name inside {root}; dataset files may only name "
                         "files under their own folder")
     path = root / name
-    try:
-        resolved, base = path.resolve(), root.resolve()
-    except (RuntimeError, OSError) as e:  # a symlink loop (RuntimeError before Python 3.13, OSError after)
-        raise LoreError(f"{where}: {name!r} cannot be resolved ({e}); dataset files may only name "
-                        "plain files under their own folder") from None
+    resolved, base = resolve_listed(path, where), resolve_listed(root, where)
     if resolved == base or not resolved.is_relative_to(base):
         raise LoreError(f"{where}: {name!r} leads outside {root}; dataset files may only name files "
                         "under their own folder")
     return path
+
+
+def resolve_listed(path: str | os.PathLike, where: str) -> Path:
+    """``Path(path).resolve()`` for a path a dataset file lists; a symlink loop is one error naming
+    ``where`` (the file and line), not Python's RuntimeError (OSError from Python 3.13)."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as e:
+        raise LoreError(f"{where}: {str(path)!r:.200} cannot be resolved ({e}); dataset files may only "
+                        "name plain files") from None
 
 
 # TrainConfig fields that name files or folders: stored absolute, so a run does not depend on the

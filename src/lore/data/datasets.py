@@ -19,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import LoreError
-from ..io import inside_root, read_json
+from ..io import inside_root, read_json, resolve_listed
 # the shared record types live in .splits (the format readers import them without this module)
 from .splits import IMAGE_EXTENSIONS, SPLITS, Sample, Splits  # noqa: F401
 
@@ -249,7 +249,8 @@ def _csv(root: Path, image_dir: str | None, holdout: float) -> Splits:
     base = Path(files[next(iter(files))]).parent
     first = next((p for r in rows.values() for p, _ in r[:1]), "")
     base = _resolve_image_root(base, image_dir, first)
-    splits = {s: [(str((base / p).resolve()), to_id[y]) for p, y in r] for s, r in rows.items()}
+    splits = {s: [(str(resolve_listed(base / p, f"{files[s]}, row {i}")), to_id[y])
+                  for i, (p, y) in enumerate(r, 1)] for s, r in rows.items()}
     if "all" in splits:
         splits = _holdout_split(splits.pop("all"), holdout)
     return Splits(classnames, splits, files={s: str(f) for s, f in files.items()})

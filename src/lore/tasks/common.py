@@ -132,7 +132,7 @@ def check_out_dir(out: str | Path) -> Path:
     out = check_output_dir(out)
     if is_run_dir(out):
         raise LoreError(f"--out {out} is a training run's directory; write task results to their own "
-                        f"folder, e.g. {out / 'tasks'}")
+                        f"folder outside it, e.g. {out.parent / (out.name + '-tasks')}")
     return out
 
 

@@ -39,8 +39,10 @@ class CommonOptions:
                               "its folder as distributed (--format ignored); LORE's template defaults to its own")
     format: str = opt("imagefolder", "dataset format (vtab: a VTAB-1k task folder, train800val200 / test; "
                       "vtab-tune: train800 / val200; fgvc: an FGVC folder with VPT's train/val/test.json; "
-                      "fgvc-tune: train.json / val.json)",
-                      ["imagefolder", "vpt-json", "coop-split", "csv", "vtab", "vtab-tune", "fgvc", "fgvc-tune"])
+                      "fgvc-tune: train.json / val.json; vtab-tfds / vtab-tfds-tune: --data TFDS_DATA_DIR/TASK, "
+                      "VTAB-1k read from TensorFlow Datasets with VPT's split definitions)",
+                      ["imagefolder", "vpt-json", "coop-split", "csv", "vtab", "vtab-tune", "vtab-tfds",
+                       "vtab-tfds-tune", "fgvc", "fgvc-tune"])
     classnames: str | None = opt(None, "file with one class name per line (or JSON list)")
     image_dir: str | None = opt(None, "directory the dataset's relative image paths start from")
     holdout: float = opt(0.2, "test fraction for an ImageFolder without train/test folders")

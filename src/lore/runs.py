@@ -68,6 +68,9 @@ def run_data_config(cfg, black_box) -> dict:
         data_config["crop_pct"] = cfg.crop_pct
     if cfg.train_crop_pct is not None:
         data_config["train_crop_pct"] = cfg.train_crop_pct
+    if str(getattr(cfg, "format", "")).startswith("vtab-tfds"):  # VPT's preprocessing of that source
+        from .data.transforms import VPT_VTAB
+        data_config.update(VPT_VTAB)
     return data_config
 
 

@@ -23,18 +23,23 @@ from ..io import inside_root, read_json, resolve_listed
 # the shared record types live in .splits (the format readers import them without this module)
 from .splits import IMAGE_EXTENSIONS, SPLITS, Sample, Splits  # noqa: F401
 
-FORMATS = ("imagefolder", "vpt-json", "coop-split", "csv", "vtab", "vtab-tune", "fgvc", "fgvc-tune")
+FORMATS = ("imagefolder", "vpt-json", "coop-split", "csv", "vtab", "vtab-tune", "vtab-tfds", "vtab-tfds-tune",
+           "fgvc", "fgvc-tune")
 
 
 def load_dataset(root: str, fmt: str = "imagefolder", classnames_file: str | None = None,
                  image_dir: str | None = None, holdout: float = 0.2) -> Splits:
     """Read a dataset's file lists (no image is decoded here) and check every listed file exists."""
     path = Path(root)
-    if not path.exists():
+    # vtab-tfds: --data is TFDS_DATA_DIR/TASK, a task name rather than a folder
+    if not path.exists() and not (fmt.startswith("vtab-tfds") and path.parent.is_dir()):
         raise LoreError(f"--data {root}: no such file or directory")
     if fmt not in FORMATS:
         raise LoreError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    if fmt.startswith("vtab"):  # its own room: VTAB-1k's split lists
+    if fmt.startswith("vtab-tfds"):  # VTAB-1k from a TFDS data dir, VPT's split definitions
+        from .vtab_tfds import load_vtab_tfds
+        data = load_vtab_tfds(path, fmt)
+    elif fmt.startswith("vtab"):  # its own room: VTAB-1k's split lists
         from .vtab import load_vtab
         data = load_vtab(path, fmt)
     elif fmt.startswith("fgvc"):  # VPT's FGVC split files

@@ -69,6 +69,9 @@ class CommonOptions:
                                  "backbone's own)")
     train_crop_pct: float | None = opt(None, "crop fraction of the 'flip' augmentation's resize + center "
                                        "crop (default: --crop-pct)")
+    feature_views: int = opt(10, "frozen-feature methods (linear, tip-adapter-f, clip-adapter) under --aug "
+                             "rrc-flip: augmented views per image whose backbone features are computed once "
+                             "(0: fresh crops every epoch); --aug none / flip are cached exactly", low=0)
     lr_schedule: str = opt("epoch", "cosine learning rate stepped once per epoch (reference) or every step",
                            ["epoch", "step"])
     bn_mode: str = opt("train", "White Box BatchNorm/dropout mode while training: proper train mode; the "
@@ -87,6 +90,9 @@ class CommonOptions:
     # execution
     device: str = opt("auto", "cpu | cuda | cuda:N | auto")
     workers: int = opt(default_workers(), "data-loading worker processes (at most the machine's cores)")
+    feature_cache: str | None = opt(None, "folder where test / val backbone features are kept and shared by "
+                                    "runs with the same backbone weights, images and transform (grids set "
+                                    "it; default: in memory only)")
     amp: str = opt("auto", "mixed precision: auto = bf16/fp16 on CUDA, none on CPU (where --amp bf16 "
                    "is used if asked)", ["auto", "bf16", "fp16", "none"])
     compile: bool = opt(False, "torch.compile the training step")

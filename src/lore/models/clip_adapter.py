@@ -47,8 +47,12 @@ class ClipAdapter(AdaptedViT):
         """(B, d) image embedding -> (B, d) residual-adapted embedding."""
         return self.ratio * self.adapter(x) + (1 - self.ratio) * x
 
+    def logits_from_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of a (B, d) CLIP image embedding (training on cached features)."""
+        return self.head(self.adapt(x))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.adapt(image_embedding(self.black_box, images)))
+        return self.logits_from_features(image_embedding(self.black_box, images))
 
 
 @dataclass

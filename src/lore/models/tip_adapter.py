@@ -68,9 +68,12 @@ class TipAdapter(AdaptedViT):
         affinity = f @ self.cache_keys.to(f.dtype).t()
         return torch.exp(-self.beta * (1 - affinity)) @ self.cache_values.to(f.dtype)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = image_embedding(self.black_box, images)
+    def logits_from_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of a (B, d) CLIP image embedding (training on cached features)."""
         return self.head(x) + self.alpha * self.cache_logits(F.normalize(x, dim=-1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits_from_features(image_embedding(self.black_box, images))
 
     def training_loss(self, images, targets, index=None):
         if len(self.cache_keys) == 0:

@@ -42,6 +42,10 @@ class Linear(AdaptedViT):
         super().__init__(black_box, num_classes, make_head(black_box, num_classes, knowledge))
         self.method = method
 
+    def logits_from_features(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The logits of the frozen backbone's pooled feature (training on cached features)."""
+        return self.head(pooled)
+
 
 class Plain(AdaptedViT):
     """B-B: the frozen backbone alone, for features (no head)."""

@@ -16,6 +16,10 @@ class ZeroShot(AdaptedViT):
         require_clip(black_box, self.method)
         super().__init__(black_box, num_classes, text_classifier(black_box, num_classes, knowledge))
 
+    def logits_from_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of a (B, d) CLIP image embedding (evaluation on cached features)."""
+        return self.head(x)
+
 
 @register("zeroshot", order=1, needs_knowledge=True, trains=False, dry_run_knowledge=True)
 def _zeroshot(black_box: BlackBox, num_classes: int, knowledge=None, **_) -> AdaptedViT:

@@ -22,10 +22,19 @@ class Context:
     device: torch.device
     out: Path
     data_config: dict = field(default_factory=dict)
+    # what a run computes once and reads again (the backbone's fingerprint, cached features)
+    memo: dict = field(default_factory=dict)
 
     def log(self, msg: str) -> None:
         if self.info.main:
             tqdm.write(msg, file=sys.stderr)
+
+
+def warn_amp(cfg: TrainConfig, device: torch.device) -> None:
+    """Said once when a run or a prediction starts: --amp fp16 off CUDA is float32, not fp16."""
+    if cfg.amp == "fp16" and device.type != "cuda":
+        print(f"lore: warning: --amp fp16 runs on CUDA only; on {device.type} this runs in float32 "
+              "(--amp bf16 lowers the precision on a CPU)", file=sys.stderr)
 
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:

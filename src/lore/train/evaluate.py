@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .. import bn_modes
+from .. import bn_modes, features
 from ..data import ImageDataset, ShardedSampler, eval_transform
 from ..distributed import all_reduce_sum
 from ..metrics import accuracy
@@ -25,18 +25,29 @@ def eval_loader(ctx: Context, samples: list, batch_size: int | None = None):
                                        num_workers=ctx.cfg.workers, pin_memory=ctx.device.type == "cuda")
 
 
+def _feature_batches(ctx: Context, model: nn.Module, samples: list):
+    """The test set as (cached features, labels) batches, in the image loader's batches."""
+    feats = features.eval_features(ctx, model, samples)
+    labels = torch.tensor([y for _, y in samples])
+    for i in range(0, len(samples), ctx.cfg.batch_size):
+        yield feats[i:i + ctx.cfg.batch_size], labels[i:i + ctx.cfg.batch_size]
+
+
 @torch.no_grad()
 def evaluate(ctx: Context, model: nn.Module, samples: list) -> dict:
-    """Top-1 / top-5 accuracy over ``samples`` (sharded across processes, reduced)."""
+    """Top-1 / top-5 accuracy over ``samples`` (sharded across processes, reduced); a frozen-feature
+    model in one process reads its backbone features once (lore.features)."""
     model.eval()
     amp = amp_dtype(ctx.cfg, ctx.device)
     sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)
     start = time.time()
-    for images, targets, _ in tqdm(eval_loader(ctx, samples), desc="eval", leave=False,
-                                   disable=not ctx.info.main or None, file=sys.stderr):
+    cached = features.uses_features(model) and not ctx.info.enabled
+    batches = _feature_batches(ctx, model, samples) if cached else eval_loader(ctx, samples)
+    for images, targets, *_ in tqdm(batches, desc="eval", leave=False,
+                                    disable=not ctx.info.main or None, file=sys.stderr):
         images, targets = images.to(ctx.device), targets.to(ctx.device)
         with torch.autocast(ctx.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = model(images)
+            logits = model.logits_from_features(images) if cached else model(images)
         top1, top5 = accuracy(logits.float(), targets, topk=(1, min(5, logits.shape[1])))
         n = len(targets)
         sums += torch.tensor([top1 * n, top5 * n, n], dtype=torch.float64, device=ctx.device)

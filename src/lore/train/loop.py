@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .. import bn_modes, tensorboard_log
+from .. import bn_modes, features, tensorboard_log
 from ..checkpoint import load_train_state
 from ..config import TrainConfig
 from ..data import EpochBatchSampler, ImageDataset, train_transform
@@ -110,7 +110,9 @@ def _start_loop(ctx: Context, model: nn.Module, samples: list, lr: float, stage:
         raise LoreError(f"--method {cfg.method} has no trainable parameters")
     check_batch_for_norm(model, cfg.batch_size, info.world)
     optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.wd)
-    dataset = ImageDataset(samples, train_transform(cfg.img_size, ctx.data_config, cfg.aug))
+    # frozen-feature methods train on backbone features computed once (lore.features)
+    dataset = features.training_dataset(ctx, model, samples) or \
+        ImageDataset(samples, train_transform(cfg.img_size, ctx.data_config, cfg.aug))
     steps_per_epoch = EpochBatchSampler(len(samples), cfg.batch_size, cfg.seed, 0, info.rank, info.world).steps()
     if steps_per_epoch == 0:
         raise LoreError(f"{len(samples)} training images cannot fill a batch on {info.world} processes")
@@ -124,7 +126,7 @@ def _start_loop(ctx: Context, model: nn.Module, samples: list, lr: float, stage:
         truncate_metrics(ctx.out / rundir.METRICS, stage, counters["epoch"])
         if cfg.log == "tensorboard":
             tb = tensorboard_log.Writer(ctx.out, stage, resumed_epoch=counters["epoch"])
-    step_fn: nn.Module = _Step(model)
+    step_fn: nn.Module = features.FeatureStep(model) if isinstance(dataset, features.FeatureDataset) else _Step(model)
     if info.enabled:
         # the White Box BatchNorm sees the global batch, as in one process
         step_fn = convert_sync_batchnorm(step_fn, device)
@@ -152,7 +154,9 @@ def _train_epoch(loop: _Loop, epoch: int) -> None:
                                 info.rank, info.world, start_step=counters["step"])
     # an own generator: creating the iterator must not draw from the global RNG, or a resumed
     # run's dropout masks would drift from the uninterrupted run's
-    loader = torch.utils.data.DataLoader(loop.dataset, batch_sampler=sampler, num_workers=cfg.workers,
+    # cached features need no worker processes; a sample's augmentation depends on its own seed only
+    workers = 0 if isinstance(loop.dataset, features.FeatureDataset) else cfg.workers
+    loader = torch.utils.data.DataLoader(loop.dataset, batch_sampler=sampler, num_workers=workers,
                                          pin_memory=ctx.device.type == "cuda",
                                          generator=torch.Generator().manual_seed(cfg.seed + epoch))
     # the running sums stay on the device: a step never waits for the host to read a number
@@ -207,7 +211,7 @@ def _train_step(loop: _Loop, epoch: int, global_batch: int, images: torch.Tensor
     if cfg.bn_mode == "freeze" and counters["global_step"] == cfg.bn_freeze_steps:
         bn_modes.set_frozen(loop.model, True)
     images = images.to(device, non_blocking=True)
-    if device.type == "cuda":  # the patch-embedding conv is faster in NHWC
+    if device.type == "cuda" and images.ndim == 4:  # the patch-embedding conv is faster in NHWC
         images = images.contiguous(memory_format=torch.channels_last)
     targets, index = targets.to(device), index.to(device)
     with torch.autocast(device.type, dtype=loop.amp or torch.float32, enabled=loop.amp is not None):

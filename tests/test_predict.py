@@ -79,3 +79,38 @@ def test_predict_works_for_a_training_free_clip_run(colors: Path, clip_spec: str
     out = tmp_path / "zs.csv"
     assert lore_cli("predict", "--run", run, colors / "test" / "blue", "--out", out, "--workers", 0) == 0
     assert all(r["status"] == "ok" and r["class"] for r in read_csv(out))
+
+
+def test_predict_skips_missing_paths_reads_a_bom_list_and_leaves_nothing_on_error(lore_run: Path, colors: Path,
+                                                                                 tmp_path: Path, monkeypatch,
+                                                                                 capsys) -> None:
+    from lore import predict as predict_mod
+
+    red = sorted((colors / "test" / "red").glob("*.png"))[0]
+    listing = tmp_path / "list.txt"  # saved by a Windows editor: a BOM before the first path
+    listing.write_text("\ufeff" + f"{red}\n" + "".join(f"missing{i}.png\n" for i in range(300)), encoding="utf-8")
+    opened = []
+    original = predict_mod.UnlabelledImages.__getitem__
+    monkeypatch.setattr(predict_mod.UnlabelledImages, "__getitem__", lambda self, i: opened.append(i) or original(self, i))
+    out = tmp_path / "p.csv"
+    assert lore_cli("predict", "--run", lore_run, listing, "--out", out, "--workers", 0, "--amp", "fp16",
+                    "--device", "cpu") == 0
+    records = read_csv(out)
+    assert len(records) == 301 and records[0]["status"] == "ok" and records[0]["class"] == "red"
+    assert {r["status"] for r in records[1:]} == {"error: file not found"}
+    assert len(opened) == 1  # the missing files never went through the model
+    assert "--amp fp16 runs on CUDA only; on cpu this runs in float32" in capsys.readouterr().err
+    nested = tmp_path / "new" / "deeper" / "p.csv"  # an input error leaves no folder behind
+    assert lore_cli("predict", "--run", lore_run, tmp_path / "nowhere", "--out", nested) == 2
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_img_size_edited_in_config_yaml_is_refused(lore_run: Path, colors: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(lore_run, run)
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("img_size: 32", "img_size: 64"))
+    red = sorted((colors / "test" / "red").glob("*.png"))[0]
+    assert lore_cli("predict", "--run", run, red, "--out", tmp_path / "p.csv", "--workers", 0) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(config) in line and "img_size 64 differs from 32 in model.json" in line

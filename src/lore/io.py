@@ -335,12 +335,18 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out", allow_run: bo
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise LoreError(f"{flag} {path} is a file; give a directory")
+    refuse_run_folder(path, flag, allow_run)
+    check_writable(path, flag)
+    return path
+
+
+def refuse_run_folder(path: str | os.PathLike, flag: str = "--out", allow_run: bool = False) -> None:
+    """An output folder is never inside a run directory, nor (unless ``allow_run``) one itself."""
+    path = Path(path)
     if not allow_run and is_run_dir(path):
         raise LoreError(f"{flag} {path} is a run directory; its folder holds only what `lore train` writes "
                         "(give a folder of its own)")
     _refuse_inside_run(path, flag)
-    check_writable(path, flag)
-    return path
 
 
 def _refuse_inside_run(path: Path, flag: str, allow_top: bool = False) -> None:

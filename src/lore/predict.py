@@ -69,7 +69,7 @@ def collect_inputs(inputs: list[str]) -> list[str]:
 
 def _read_list(path: Path) -> list[str]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not part of the first path
     except UnicodeDecodeError as e:
         raise LoreError(f"INPUT {path}: not a UTF-8 text list of image paths (byte {e.start}); "
                         "give images, folders or a text file of paths") from None
@@ -121,20 +121,28 @@ def _reason(message: str, path: str) -> str:
 @torch.no_grad()
 def predict(model: torch.nn.Module, paths: list[str], transform, img_size: int, device: torch.device,
             amp: torch.dtype | None, batch_size: int = 64, workers: int = 0):
-    """(probabilities (N, C) float32, statuses) in input order; unreadable images' rows are NaN."""
-    loader = torch.utils.data.DataLoader(UnlabelledImages(paths, transform, (3, img_size, img_size)),
+    """(probabilities (N, C) float32, statuses) in input order; unreadable images' rows are NaN.
+    Paths that are not files are reported without reading or a forward pass (a list of a million
+    missing paths costs a million stat calls, not a million zero images through the model)."""
+    statuses = ["ok" if Path(p).is_file() else "error: file not found" for p in paths]
+    present = [i for i, s in enumerate(statuses) if s == "ok"]
+    probs = torch.full((len(paths), model.num_classes), float("nan"))
+    loader = torch.utils.data.DataLoader(UnlabelledImages([paths[i] for i in present], transform,
+                                                          (3, img_size, img_size)),
                                          batch_size=batch_size, num_workers=workers)
     model.eval()
-    probs, statuses = [], []
+    done = 0
     for images, status in tqdm(loader, desc="predict", leave=False, file=sys.stderr):
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             logits = model(images.to(device))
         p = logits.float().softmax(dim=-1).cpu()
-        bad = torch.tensor([s != "ok" for s in status])
-        p[bad] = float("nan")
-        probs.append(p)
-        statuses += list(status)
-    return torch.cat(probs), statuses
+        p[torch.tensor([s != "ok" for s in status])] = float("nan")
+        where = present[done:done + len(status)]
+        probs[where] = p
+        for i, s in zip(where, status):
+            statuses[i] = s
+        done += len(status)
+    return probs, statuses
 
 
 def rows(paths: list[str], probs: torch.Tensor, statuses: list[str], classnames: list[str], topk: int):
@@ -180,14 +188,13 @@ def main(args: argparse.Namespace) -> dict:
     from .io import atomic_write_text
     from .runs import resolve_device, saved_config
     from .runs import run_data_config
-    from .train import amp_dtype
+    from .train import amp_dtype, warn_amp
 
     if args.topk < 1:
         raise LoreError(f"--topk must be >= 1, got {args.topk}")
     if args.batch_size < 1 or args.workers < 0:
         raise LoreError("--batch-size must be >= 1 and --workers >= 0")
     out, fmt = _output(args)
-    out.parent.mkdir(parents=True, exist_ok=True)
     paths = collect_inputs(args.inputs)
     run_dir = Path(args.run)
     device = resolve_device(args.device)
@@ -195,9 +202,11 @@ def main(args: argparse.Namespace) -> dict:
     cfg = saved_config(run_dir, device=str(device), **({"amp": args.amp} if args.amp else {}))
     transform = eval_transform(cfg.img_size, run_data_config(cfg, model.black_box))
     classnames = list(meta.get("classnames") or [str(i) for i in range(meta["num_classes"])])
+    warn_amp(cfg, device)
     probs, statuses = predict(model, paths, transform, cfg.img_size, device, amp_dtype(cfg, device),
                               args.batch_size, args.workers)
     records = list(rows(paths, probs, statuses, classnames, args.topk))
+    out.parent.mkdir(parents=True, exist_ok=True)  # only now: a refused input leaves no folder behind
     atomic_write_text(out, render(records, fmt))
     bad = [r for r in records if r["status"] != "ok"]
     print(f"{meta['method']} run {run_dir}: {len(records) - len(bad)} of {len(records)} images predicted"

@@ -38,7 +38,23 @@ def saved_config(run_dir: str | Path, **overrides):
 
     path = Path(run_dir) / rundir.CONFIG
     saved = config_mod.load_yaml(str(path)) if path.is_file() else {}
-    return config_mod.make({**saved, "resume": None, **overrides}, source=str(path))
+    cfg = config_mod.make({**saved, "resume": None, **overrides}, source=str(path))
+    if "img_size" in saved:
+        _check_img_size(Path(run_dir), cfg.img_size)
+    return cfg
+
+
+def _check_img_size(run_dir: Path, img_size: int) -> None:
+    """model.json records the size the model was trained at (its position embeddings, its prompts'
+    layout); an edited config.yaml must not feed it images of another size."""
+    from .io import read_json
+
+    model = run_dir / rundir.MODEL
+    meta = read_json(model, "run description") if model.is_file() else None
+    trained = meta.get("img_size") if isinstance(meta, dict) else None
+    if isinstance(trained, int) and not isinstance(trained, bool) and trained != img_size:
+        raise LoreError(f"{run_dir / rundir.CONFIG}: img_size {img_size} differs from {trained} in "
+                        f"{model.name}, the size the model was trained at; set img_size: {trained} again")
 
 
 def resolve_backbone_defaults(cfg):

@@ -84,9 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from .io import check_output_dir
+    from .io import refuse_run_folder
 
-    check_output_dir(args.out, allow_run=False)  # never a run's folder, nor inside one
+    refuse_run_folder(args.out)  # never a run's folder, nor inside one
     if args.merge:
         if args.merge[0] != "merge" or len(args.merge) < 2:
             raise LoreError("lore sweep: the only positional form is `lore sweep merge DIR... --out DIR`")

@@ -44,7 +44,7 @@ from ..models.registry import Method, get as method_of
 from ..probe import cross_fitted_predictions
 from ..values import RESUME_MAY_CHANGE, refuse_recipe_changes
 from ..runs import resolve_backbone_defaults, resolve_device, run_data_config  # noqa: F401
-from .context import Context, amp_dtype  # noqa: F401 - part of the API (cli, predict)
+from .context import Context, amp_dtype, warn_amp  # noqa: F401 - part of the API (cli, predict)
 from .evaluate import encode, epoch_metrics as _epoch_metrics, evaluate, recalibrate
 from .evaluate import recalibrate as _recalibrate  # noqa: F401 - the name tests spy on
 from .loop import fit, learning_rate  # noqa: F401
@@ -186,6 +186,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     method = method_of(cfg.method)
     if info.main:
         _start_run_dir(cfg, out, data, method)
+        warn_amp(cfg, device)
     ctx = Context(cfg, info, device, out)
     knowledge = _knowledge(ctx, classnames, method)
     if method.check_knowledge and knowledge is not None:

@@ -178,3 +178,61 @@ def test_a_task_written_both_ways_gives_the_same_images_in_the_same_order(tmp_pa
         assert [y for _, y in a[split]] == [y for _, y in b[split]]
         assert all(np.array_equal(np.asarray(load_image(p)), np.asarray(load_image(q)))
                    for (p, _), (q, _) in zip(a[split], b[split]))
+
+
+# VPT's TFDS sources of the 19 tasks (dataset[/config]/version, splits) as its data code names them
+NINETEEN = {
+    "caltech101/3.0.1": ("caltech101", {"train": [3060], "test": [6084]}),
+    "cifar100/3.0.2": ("cifar100", {"train": [50000], "test": [10000]}),
+    "dtd/3.0.1": ("dtd", {"train": [1880], "validation": [1880], "test": [1880]}),
+    "oxford_flowers102/2.1.1": ("oxford_flowers102", {"train": [1020], "validation": [1020], "test": [6149]}),
+    "oxford_iiit_pet/3.2.0": ("oxford_iiit_pet", {"train": [3680], "test": [3669]}),
+    "svhn_cropped/3.0.0": ("svhn_cropped", {"train": [73257], "test": [26032]}),
+    "sun397/tfds/4.0.0": ("sun397", {"train": [76128], "validation": [10875], "test": [21750]}),
+    "patch_camelyon/2.0.0": ("patch_camelyon", {"train": [262144], "validation": [32768], "test": [32768]}),
+    "eurosat/rgb/2.0.0": ("eurosat", {"train": [27000]}),
+    "resisc45/3.0.0": ("resisc45", {"train": [31500]}),
+    "diabetic_retinopathy_detection/btgraham-300/3.0.0": (
+        "diabetic_retinopathy_detection", {"train": [35126], "validation": [10906], "test": [42670]}),
+    "clevr/3.1.0": ("clevr", {"train": [70000], "validation": [15000], "test": [15000]}),
+    "dmlab/2.0.1": ("dmlab", {"train": [65550], "validation": [22628], "test": [22735]}),
+    "kitti/3.2.0": ("kitti", {"train": [6347], "validation": [423], "test": [711]}),
+    "dsprites/2.0.0": ("dsprites", {"train": [737280]}),
+    "smallnorb/2.0.0": ("smallnorb", {"train": [24300], "test": [24300]}),
+}
+
+
+def test_paper_vtab_plan_finds_19_tasks_in_a_tfds_dir_and_counts_from_shard_lengths(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "tfds"
+    for folder, (name, splits) in NINETEEN.items():
+        write_tfds(data / folder, name, splits)  # dataset_info.json only: the plan reads no record
+    assert lore_cli("paper", "vtab", "--data-root", data, "--out", tmp_path / "o", "--plan", "--no-measure",
+                    "--vtab-source", "tfds", "--methods", "linear") == 0
+    text = capsys.readouterr().out
+    assert "MISSING" not in text and "TensorFlow Datasets source" in text
+    assert text.count("train800 800, val200 200") == 19
+    # test lists: CIFAR's test split; dSprites train[737280 * 90 // 100:]; smallNORB test[50 %:];
+    # EuroSAT train[27000 * 80 // 100:]; Clevr its validation split
+    for task, test in (("cifar", 10000), ("dsprites_loc", 73728), ("smallnorb_ele", 12150), ("eurosat", 5400),
+                       ("clevr_dist", 15000)):
+        assert any(line.split()[0] == task and line.endswith(f"test {test})") for line in text.splitlines())
+    # 19 tasks x (40 tuning runs x (800 x 100 epochs + 200) + 5 seeds x 1000 x 100 epochs) + test images
+    tests = 6084 + 10000 + 1880 + 6149 + 3669 + 26032 + 21750 + 32768 + 5400 + 6300 + 42670 + 15000 * 2 + \
+        22735 + 711 + 73728 * 2 + 12150 * 2
+    assert f"{19 * (40 * (800 * 100 + 200) + 5 * 1000 * 100) + 5 * tests:,} images" in text
+
+
+def test_paper_vtab_from_tfds_records_the_source(tmp_path: Path) -> None:
+    from conftest import TINY_BACKBONE
+    import yaml
+
+    data = tmp_path / "tfds"
+    write_tfds(data / "svhn_cropped" / "3.0.0", "svhn_cropped", {"train": [2000], "test": [10]}, plain)
+    out = tmp_path / "out"
+    assert lore_cli("paper", "vtab", "--data-root", data, "--out", out, "--vtab-source", "tfds", "--datasets", "svhn",
+                    "--methods", "linear", "--seeds", "1", "--lrs", "1", "--wds", "0", "--epochs", "1",
+                    "--batch-size", "100", "--shots-cap", "1", *TINY_BACKBONE, "--device", "cpu") == 0
+    assert "--vtab-source tfds" in (out / "table.md").read_text()
+    assert json.loads((out / "table.json").read_text())["vtab_source"] == "tfds"
+    config = next((out / "runs").rglob("final/*/seed1/config.yaml")).read_text()
+    assert yaml.safe_load(config.split("\n", 1)[1])["format"] == "vtab-tfds"

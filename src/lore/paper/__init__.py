@@ -47,6 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       "grid for the method; the rate used is lr / 256 x batch)")
     petl.add_argument("--wds", help="comma-separated weight decays to tune over (default: VPT's 0.01,0.001,"
                       "0.0001,0)")
+    petl.add_argument("--vtab-source", choices=["images", "tfds"], default="images",
+                      help="vtab: where VTAB-1k is read from: images = the PETL repositories' image export "
+                           "(one folder per task with train800.txt, val200.txt, train800val200.txt, test.txt); "
+                           "tfds = a TensorFlow Datasets data dir, with VPT's split definitions and preprocessing")
     petl.add_argument("--unnamed-classes", choices=["learned", "sentence"], default="learned",
                       help="LORE's class knowledge on tasks whose classes have no names (VTAB counts, "
                            "distances, angles; NABirds): a class-embedding matrix learned with the White "

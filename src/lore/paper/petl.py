@@ -37,6 +37,16 @@ from .runner import Value, mean_of, write_table_files
 
 HERE = Path(__file__).parent
 BENCHMARKS = ("vtab", "fgvc")
+# which VTAB-1k a table was made from (--vtab-source), said in --plan and table.md
+SOURCE_TEXT = {
+    "images": "VTAB-1k from the PETL repositories' image export (images/ + train800/val200/train800val200/test "
+              "lists, as NOAH's get_vtab1k.py writes it): not VPT's data: its images are JPEG-compressed at "
+              "PIL's default quality and users measure about 10 points less on CIFAR-100 than on VPT's (see "
+              "the README, VTAB-1k sources); train800 / val200 are not class-stratified",
+    "tfds": "VTAB-1k from the TensorFlow Datasets source with VPT's split definitions and preprocessing "
+            "(224 x 224 bilinear resize, aspect not kept, ImageNet mean / std): the data VPT's numbers were "
+            "made from",
+}
 # a task's classes without names get this class knowledge (--unnamed-classes)
 UNNAMED_KNOWLEDGE = {"learned": "learned:512", "sentence": None}
 
@@ -128,6 +138,7 @@ class Plan:
     shots_cap: int | None = None
     unnamed: str = "learned"
     root: Path = Path(".")
+    source: str = "images"  # vtab: the image export or a TFDS data dir (--vtab-source)
 
 
 def run_options(plan: Plan, base: dict, task: str, method: str, lr: float, wd: float) -> dict:
@@ -158,7 +169,8 @@ def scaled_warmup(epochs: int) -> int:
 
 def make_run(plan: Plan, base: dict, task: str, method: str, stage: str, seed: int, lr: float,
              wd: float) -> Run:
-    fmt = protocol()["benchmarks"][plan.bench]["formats"][stage]
+    bench = protocol()["benchmarks"][plan.bench]
+    fmt = bench["formats" if plan.source == "images" else f"formats_{plan.source}"][stage]
     options = run_options(plan, base, task, method, lr, wd)
     dataset = Dataset(task, str(plan.folders[task]), fmt, tuple(sorted(options.items())))
     return Run(dataset, method, plan.shots_cap or 0, seed, stage, lr, wd)
@@ -279,6 +291,7 @@ def render_markdown(plan: Plan, rows: list[dict], results: dict) -> str:
              f"published (difference). Published: {spec['source']}.", "",
              "Protocol: VPT's (lore/paper/petl.yaml): learning rate and weight decay picked on the tuning "
              "split, then trained per seed on the final split.", "",
+             *([f"Data (--vtab-source {plan.source}): {SOURCE_TEXT[plan.source]}.", ""] if plan.bench == "vtab" else []),
              "| Method | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for r in rows:
         lines.append(f"| {r['method']} | " + " | ".join(_text(r["values"].get(c, Value()), r["published"].get(c))
@@ -311,6 +324,7 @@ def write_outputs(plan: Plan, rows: list[dict], results: dict, out: Path) -> Non
     recs = records(plan, rows)
     write_table_files(out, recs, render_markdown(plan, rows, results), {
         "benchmark": plan.bench, "seeds": plan.seeds, "records": recs,
+        **({"vtab_source": plan.source} if plan.bench == "vtab" else {}),
         "runs": [{"method": m, "task": t, **entry} for (m, t), entry in results.items()]})
 
 
@@ -328,7 +342,15 @@ def make_plan(bench: str, data_root: Path, seeds: list[int] | None, methods: lis
             raise LoreError(f"lore paper {bench}: {flag} {', '.join(unknown)} not in this benchmark "
                             f"(it has: {', '.join(sorted(known))})")
     chosen = [t for t in offered if not task_names or t in task_names]
-    folders = {t: find_task(bench, t, data_root) for t in chosen}
+    if extra.get("source", "images") != "images":
+        if bench != "vtab":
+            raise LoreError(f"--vtab-source {extra['source']}: lore paper {bench} reads its own layout; "
+                            "the TFDS source is VTAB-1k's")
+        from ..data.vtab_tfds import locate
+        # a run's --data is DATA_DIR/TASK: the reader finds the task's TFDS folder from it
+        folders = {t: data_root / t if locate(data_root, t) else None for t in chosen}
+    else:
+        folders = {t: find_task(bench, t, data_root) for t in chosen}
     return Plan(bench, list(methods or protocol()["methods"]), chosen, list(seeds or protocol()["seeds"]),
                 folders, root=data_root, **extra)
 
@@ -350,7 +372,8 @@ def main(args, base: dict) -> dict:
                         "(--shots-cap N caps them for smoke runs)")
     extra = {"lrs": split_values(args.lrs, float, "--lrs") if args.lrs is not None else None,
              "wds": split_values(args.wds, float, "--wds") if args.wds is not None else None,
-             "shots_cap": args.shots_cap, "unnamed": args.unnamed_classes}
+             "shots_cap": args.shots_cap, "unnamed": args.unnamed_classes,
+             "source": getattr(args, "vtab_source", "images")}
     plan = make_plan(bench, root, split_values(args.seeds, int, "--seeds") if args.seeds is not None else None,
                      split_values(args.methods, str, "--methods") if args.methods else None,
                      split_values(args.datasets, str, "--datasets") if args.datasets else None, **extra)
@@ -396,12 +419,26 @@ SPLIT_LISTS = {"vtab": {"tune_train": "train800.txt", "tune_val": "val200.txt", 
 
 
 def _split_sizes(plan: Plan, task: str) -> dict[str, int]:
-    """Images per split of a found task, read from its lists (0 where a list is absent or unreadable)."""
+    """Images per split of a found task, read from its lists (0 where a list is absent or unreadable);
+    from a TFDS data dir, from the shard lengths of dataset_info.json (no record read)."""
+    if plan.source == "tfds":
+        from ..data.vtab_tfds import list_sizes
+        n = list_sizes(plan.root, task) or {"train800": 0, "val200": 0, "test": 0}
+        return {"tune_train": n["train800"], "tune_val": n["val200"], "train": n["train800"] + n["val200"],
+                "test": n["test"]}
     sizes = {}
     for key, name in SPLIT_LISTS[plan.bench].items():
         path = plan.folders[task] / name
         sizes[key] = _entries(path) if path.is_file() else 0
     return sizes
+
+
+def _where(plan: Plan, task: str) -> Path | None:
+    if plan.folders[task] is None or plan.source != "tfds":
+        return plan.folders[task]
+    from ..data.vtab_tfds import list_sizes, locate
+    n = list_sizes(plan.root, task) or {}
+    return Path(f"{locate(plan.root, task)}  ({', '.join(f'{k} {v}' for k, v in n.items())})")
 
 
 def print_plan(plan: Plan, base: dict, bench_file: str | None, measure: bool) -> dict:
@@ -411,7 +448,9 @@ def print_plan(plan: Plan, base: dict, bench_file: str | None, measure: bool) ->
     values = protocol_base(plan, base)
     epochs = values["epochs"]
     lines = [f"lore paper {plan.bench}: {published()[plan.bench]['caption']}"]
-    lines += [f"  {t:22s} {plan.folders[t] or 'MISSING'}" for t in plan.tasks]
+    if plan.bench == "vtab":
+        lines.append(f"data: {SOURCE_TEXT[plan.source]}")
+    lines += [f"  {t:22s} {_where(plan, t) or 'MISSING'}" for t in plan.tasks]
     images = {m: 0 for m in plan.methods}
     runs = 0
     for t in plan.tasks:

@@ -236,3 +236,18 @@ def test_paper_vtab_from_tfds_records_the_source(tmp_path: Path) -> None:
     assert json.loads((out / "table.json").read_text())["vtab_source"] == "tfds"
     config = next((out / "runs").rglob("final/*/seed1/config.yaml")).read_text()
     assert yaml.safe_load(config.split("\n", 1)[1])["format"] == "vtab-tfds"
+
+
+def test_data_check_reports_classes_missing_from_train800_and_histograms(tmp_path: Path, capsys) -> None:
+    task = tmp_path / "vtab-1k" / "kitti"  # 4 classes
+    (task / "images").mkdir(parents=True)
+    (task / "images" / "a.png").write_bytes(png(0))
+    lists = {"train800": [0, 0, 2], "val200": [1, 3], "test": [0, 1, 2, 3, 3]}
+    lists["train800val200"] = lists["train800"] + lists["val200"]
+    for name, labels in lists.items():
+        (task / f"{name}.txt").write_text("".join(f"images/a.png {y}\n" for y in labels))
+    assert lore_cli("data", "check", "vtab", "--root", tmp_path / "vtab-1k") == 0
+    out = capsys.readouterr().out
+    assert "classes missing from train800: 1, 3" in out
+    assert "train800             3 images,   2 classes | 0:2 1:0 2:1 3:0" in out
+    assert "test                 5 images,   4 classes | 0:1 1:1 2:1 3:2" in out

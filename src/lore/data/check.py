@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check = sub.add_parser("check", help="compare a dataset folder with the paper's split sizes",
                            description="Read NAME as distributed from --root and compare its split "
                                        "sizes and class count with the expected ones.")
-    check.add_argument("name", choices=catalog.PAPER_DATASETS, metavar="NAME",
-                       help=f"one of {', '.join(catalog.PAPER_DATASETS)}")
+    check.add_argument("name", choices=(*catalog.PAPER_DATASETS, "vtab"), metavar="NAME",
+                       help=f"one of {', '.join(catalog.PAPER_DATASETS)}; or vtab: a VTAB-1k image export "
+                            "(per task the classes train800 lacks and each list's label histogram)")
     check.add_argument("--root", required=True,
                        help="the dataset's folder, as given to `lore train --dataset NAME --data DIR`")
     check.add_argument("--split-file", default=None,
@@ -86,4 +87,7 @@ def list_datasets() -> dict:
 def main(args: argparse.Namespace) -> dict:
     if args.action == "list":
         return list_datasets()
+    if args.name == "vtab":
+        from .vtab_check import check_export
+        return check_export(args.root)
     return check(args.name, args.root, args.split_file)

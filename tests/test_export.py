@@ -77,3 +77,32 @@ def test_export_refuses_to_publish_beyond_the_tolerance(lore_run: Path, tmp_path
     assert lore_cli("export", "--run", lore_run, "--out", lore_run / "final.onnx") == 2
     assert (lore_run / "final.json").read_bytes() == final and not (lore_run / "final.onnx").exists()
     assert lore_cli("export", "--run", lore_run, "--out", tmp_path / "model.txt") == 2
+
+
+def test_the_readme_onnxruntime_snippet_gives_lore_predicts_probabilities(lore_run: Path, tmp_path: Path) -> None:
+    import re
+
+    from PIL import Image
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = re.search(r"Using it from onnxruntime:\n\n```python\n(.*?)```", readme, re.S).group(1)
+    out = tmp_path / "m.onnx"
+    assert lore_cli("export", "--run", lore_run, "--out", out) == 0
+    rng = np.random.default_rng(0)
+    images = []  # odd, non-square sizes: the resize truncates and the crop offset rounds a half
+    for w, h in ((45, 37), (37, 45), (50, 33), (41, 41)):
+        images.append(tmp_path / f"{w}x{h}.png")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(images[-1])
+    assert lore_cli("predict", "--run", lore_run, *images, "--out", tmp_path / "p.jsonl", "--workers", 0,
+                    "--topk", 9) == 0
+    predicted = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    for image, row in zip(images, predicted):
+        code = snippet.replace("flowers-lore.json", str(out.with_suffix(".json"))).replace(
+            "flowers-lore.onnx", str(out)).replace("photo.jpg", str(image)).replace("print(", "str(")
+        scope: dict = {}
+        exec(code, scope)
+        logits = scope["logits"][0].astype(np.float64)
+        probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        names = scope["meta"]["classnames"]
+        for k in range(1, len(names) + 1):
+            assert probs[names.index(row[f"class_{k}"])] == pytest.approx(row[f"probability_{k}"], abs=2e-5)

@@ -125,6 +125,18 @@ def encode_classes(spec: str, classnames: list[str], templates: list[str],
     return F.normalize(emb.float(), dim=-1).cpu()
 
 
+def check_file_spec(spec: str | None) -> None:
+    """A ``file:`` knowledge names a readable file: said before any data is read or folder made."""
+    if not spec or not spec.startswith("file:"):
+        return
+    path = spec[5:].strip()
+    if not path:
+        raise LoreError("--knowledge file: names no file; give file:PATH to a .safetensors or .npy matrix "
+                        "(one row per class, in class order)")
+    if not Path(path).is_file():
+        raise LoreError(f"--knowledge {spec}: file not found (file:PATH names a .safetensors or .npy matrix)")
+
+
 def learned_knowledge(spec: str | None) -> bool:
     """``learned:DIM``: the class embedding is a trained parameter, nothing is encoded."""
     return bool(spec) and spec.partition(":")[0] == "learned"

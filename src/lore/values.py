@@ -185,7 +185,7 @@ def absolute_paths(cfg: Any, names: tuple[str, ...] = PATH_FIELDS) -> Any:
 
     changes = {n: str(Path(getattr(cfg, n)).absolute()) for n in names if getattr(cfg, n, None)}
     knowledge = getattr(cfg, "knowledge", None)
-    if isinstance(knowledge, str) and knowledge.startswith("file:"):
+    if isinstance(knowledge, str) and knowledge.startswith("file:") and knowledge[5:].strip():
         changes["knowledge"] = "file:" + str(Path(knowledge[5:]).absolute())
     template = getattr(cfg, "template", None)
     if isinstance(template, str) and "{}" not in template and Path(template).is_file():

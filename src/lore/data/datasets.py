@@ -78,7 +78,7 @@ def _read_classnames(path: str) -> list[str]:
     if not p.is_file():
         raise LoreError(f"--classnames {path}: file not found")
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # a BOM is not part of the first name
         names = json.loads(text) if p.suffix == ".json" else None
     except UnicodeDecodeError as e:
         raise LoreError(f"--classnames {path} is not a UTF-8 text file ({e.reason})") from None
@@ -268,7 +268,7 @@ def _csv(root: Path, image_dir: str | None, holdout: float) -> Splits:
 def _csv_rows(path: Path) -> list[tuple[str, str]]:
     """(path, label) of every row, or a LoreError naming the file and line."""
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # a BOM would hide the "path" column
             reader = csv.DictReader(fh)
             if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
                 raise LoreError(f"{path}: expected a header with columns 'path' and 'label'")

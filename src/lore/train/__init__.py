@@ -34,8 +34,8 @@ from ..distributed import DistInfo, barrier, cleanup, init_distributed
 from ..errors import LoreError
 from ..flops import GFLOPS_COUNT, count_gflops, count_params, parameter_shares, text_tower_params
 from ..io import absolute_paths, atomic_write_json, atomic_write_text, check_output_dir
-from ..knowledge import (NEGATIVE_TEMPLATE, cached_class_embeddings, default_knowledge_spec, learned_knowledge,
-                         most_similar_classes)
+from ..knowledge import (NEGATIVE_TEMPLATE, cached_class_embeddings, check_file_spec, default_knowledge_spec,
+                         learned_knowledge, most_similar_classes)
 from ..lock import run_lock
 from ..models import build_model
 from ..models.base import zeroshot_sentences
@@ -70,6 +70,7 @@ def run(cfg: TrainConfig) -> dict:
     if method_of(cfg.method).text_side:
         check_text_side(cfg)
     _check_zeroshot_negative(cfg)
+    check_file_spec(cfg.knowledge)
     if cfg.out:
         check_output_dir(cfg.out, "--resume" if cfg.resume else "--out")
     info = init_distributed(resolve_device(cfg.device).type)

@@ -746,3 +746,49 @@ def test_a_csv_row_naming_a_symlink_loop_is_one_line_naming_file_and_row(tmp_pat
     (root / "test.csv").write_text(f"path,label\n{root / 'img' / 'a.png'},a\n{root / 'loop_a' / 'x.png'},b\n")
     assert lore_cli(*TRAIN, "--data", root, "--format", "csv", "--out", tmp_path / "run") == 2
     assert f"{root / 'test.csv'}, row 2" in one_error_line(capsys.readouterr().err)
+
+
+def test_small_mistakes_in_lists_and_options_are_handled_or_named(tmp_path: Path, capsys) -> None:
+    from lore.data import load_dataset
+
+    root = tmp_path / "csv"  # lists saved by a Windows editor: a BOM before the header
+    for y, c in enumerate("ab"):
+        for i in range(2):
+            _png(root / "img" / f"{c}{i}.png", 120 * y)
+    for name, i in (("train.csv", 0), ("test.csv", 1)):
+        (root / name).write_text("\ufeffpath,label\n" + "".join(f"img/{c}{i}.png,{c}\n" for c in "ab"), encoding="utf-8")
+    data = load_dataset(str(root), "csv")
+    assert data.classnames == ["a", "b"] and [y for _, y in data.splits["test"]] == [0, 1]
+    birds = tmp_path / "birds"  # an FGVC split file naming one image twice, with two labels
+    for split in ("train", "val", "test"):
+        (birds / f"{split}.json").parent.mkdir(exist_ok=True)
+        (birds / f"{split}.json").write_text('{"001.A/a.jpg": 1, "002.B/b.jpg": 2}')
+    (birds / "train.json").write_text('{"001.A/a.jpg": 1, "001.A/a.jpg": 2}')
+    assert lore_cli(*TRAIN, "--data", birds, "--format", "fgvc", "--out", tmp_path / "r1") == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(birds / "train.json") in line and "appears twice" in line
+    task = tmp_path / "task"  # an empty val200.txt is named, whichever protocol reads it
+    _empty_test_split("vtab", task)
+    (task / "test.txt").write_text("img/a0.png 0\n")
+    (task / "val200.txt").write_text("\n")
+    for fmt in ("vtab", "vtab-tune"):
+        assert lore_cli(*TRAIN, "--data", task, "--format", fmt, "--out", tmp_path / "r2") == 2
+        assert f"{task / 'val200.txt'} lists no image" in one_error_line(capsys.readouterr().err)
+    assert lore_cli("train", *TINY_BACKBONE, "--method", "lore", "--knowledge", "file:", "--data", task,
+                    "--format", "vtab", "--device", "cpu", "--out", tmp_path / "r3") == 2
+    assert "--knowledge file: names no file" in one_error_line(capsys.readouterr().err)
+    assert not any((tmp_path / r).exists() for r in ("r1", "r2", "r3"))
+
+
+def test_exif_orientation_is_ignored_as_the_reference_pipelines_ignore_it(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from lore.data.datasets import load_image
+
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(pixels).save(tmp_path / "x.jpg", exif=exif, quality=100)
+    image = load_image(str(tmp_path / "x.jpg"))
+    assert image.size == (40, 20) and np.asarray(image)[10, 5].min() > 200  # the stored pixels, unrotated

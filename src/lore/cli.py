@@ -32,6 +32,7 @@ COMMANDS = {
     "sweep": ("lore.sweep", "grid of methods x datasets x shots x seeds"),
     "data": ("lore.data.check", "the paper's datasets as distributed: check a folder's split sizes, list them"),
     "paper": ("lore.paper", "reproduce one of the paper's tables (runs, table.md with published numbers)"),
+    "grid": ("lore.grid.status", "where a grid stands: `lore grid status OUT` (done / running / failed / pending)"),
 }
 
 

@@ -22,6 +22,9 @@ from .io import check_output_dir
 from . import rundir
 
 LOCK_NAME = rundir.LOCK
+# run directories whose lock this process already holds (a grid worker takes a cell's lock before it
+# decides what to do with the cell, then trains it): run_lock() does not take them a second time
+HELD_HERE: set[Path] = set()
 
 
 def _holder(path: Path) -> str:
@@ -73,7 +76,7 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
 def run_lock(run_dir: str | os.PathLike | None, enabled: bool = True, flag: str = "--out") -> Iterator[None]:
     """Hold ``run_dir``'s lock for the ``with`` block (no-op when disabled, e.g. on ranks > 0 of a
     DDP run, whose rank 0 holds it for all)."""
-    if run_dir is None or not enabled:
+    if run_dir is None or not enabled or Path(run_dir).resolve() in HELD_HERE:
         yield
         return
     run_dir = Path(run_dir)
@@ -98,3 +101,29 @@ def _remove_if_empty_run(run_dir: Path) -> None:
             (run_dir / name).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             run_dir.rmdir()
+
+
+def held_elsewhere(run_dir: str | os.PathLike) -> bool:
+    """Another live process holds ``run_dir``'s lock now (never call it while holding it here)."""
+    path = Path(run_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the probe's shared lock too
+
+
+def holder(run_dir: str | os.PathLike) -> tuple[int | None, float | None]:
+    """(pid, since when as a UNIX time) of the lock's last holder, from the lock file."""
+    path = Path(run_dir) / LOCK_NAME
+    try:
+        text, since = path.read_text(encoding="utf-8").strip(), path.stat().st_mtime
+    except OSError:
+        return None, None
+    return (int(text) if text.isdigit() else None), since

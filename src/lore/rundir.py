@@ -25,10 +25,11 @@ ZEROSHOT_TEXT = "zeroshot_text.safetensors"
 SUMMARY = "model_summary.json"
 CHECKPOINTS = "checkpoints"
 LOCK = ".lock"
+FAILED = "failed.json"  # a grid cell's recorded failure (its one-line error), for every process of the grid
 
 # What `lore train` keeps in a run directory; no other command may replace these.
 RUN_FILES = frozenset({CONFIG, METRICS, FINAL, WEIGHTS, MODEL, FEWSHOT, "fewshot_e.json", "fewshot_h.json",
-                       KNOWLEDGE, ZEROSHOT_TEXT, SUMMARY, CHECKPOINTS, LOCK})
+                       KNOWLEDGE, ZEROSHOT_TEXT, SUMMARY, CHECKPOINTS, LOCK, FAILED})
 
 
 def is_run_dir(folder: str | os.PathLike) -> bool:

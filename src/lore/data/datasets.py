@@ -303,7 +303,9 @@ def check_headers(samples: list[Sample], what: str = "test") -> None:
 
 
 def load_image(path: str) -> Image.Image:
-    """Open any common image as 8-bit RGB (grayscale, RGBA, palette, CMYK and 16-bit all work)."""
+    """Open any common image as 8-bit RGB (grayscale, RGBA, palette, CMYK and 16-bit all work).
+    The pixels as stored: an EXIF orientation tag is not applied, as the reference pipelines of the
+    benchmarks (PIL ``open().convert("RGB")``) read them; every command decodes through here."""
     try:
         with Image.open(path) as im:
             im.load()

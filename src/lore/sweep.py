@@ -8,7 +8,9 @@ and the sweep goes on; the command exits non-zero at the end if any cell failed.
 
 ``OUT/table.md`` and ``OUT/table.json`` hold mean +- std of test top-1 (%) over seeds per
 (method, dataset, shots), in the paper's layout: methods as rows, datasets as columns, plus the
-average over datasets. They are rewritten after every cell, so a long sweep can be watched.
+average over datasets. They are written once every cell has an outcome; `lore grid status OUT`
+(or ``--status``) shows a running sweep's progress. ``--launcher local --jobs N`` / ``--launcher
+slurm`` run the cells on several processes (:mod:`lore.grid`), with the same table.
 
 ``--datasets`` entries are ``NAME=PATH[:FORMAT][:OPTION=VALUE]...``: options after the path apply to
 that dataset's cells only (e.g. ``flowers=~/data/flowers:dataset=flowers:wd=0.5``). Method
@@ -32,7 +34,7 @@ from . import config as config_mod
 from .config import TrainConfig
 from .errors import LoreError
 from .io import atomic_write_json, atomic_write_text, read_json
-from .cells import attempt, refuse_changed
+from .cells import refuse_changed
 
 # TrainConfig fields the grid sets per cell (not passed through from the command line)
 GRID_FIELDS = {"method", "data", "format", "shots", "seed", "out", "resume", "dry_run", "num_classes"}
@@ -81,12 +83,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="sweep directory (cells, table.md, table.json)")
     group = parser.add_argument_group("training options for every cell (as in `lore train`)")
     config_mod.add_arguments(group, skip=GRID_FIELDS)
+    from .grid.options import add_launcher_arguments
+    add_launcher_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> dict:
     from .io import refuse_run_folder
 
     refuse_run_folder(args.out)  # never a run's folder, nor inside one
+    from .grid import LaunchOptions
+    launch = LaunchOptions.from_args(args)
+    if launch.status:
+        from .grid.status import show
+        return show(Path(args.out))
     if args.merge:
         if args.merge[0] != "merge" or len(args.merge) < 2:
             raise LoreError("lore sweep: the only positional form is `lore sweep merge DIR... --out DIR`")
@@ -106,7 +115,7 @@ def main(args: argparse.Namespace) -> dict:
                  if f.name not in GRID_FIELDS and hasattr(args, f.name)})
     from .models.registry import refuse_row_options
     refuse_row_options(methods, base, "lore sweep")
-    return run_sweep(Path(args.out), methods, datasets, shots, seeds, base)
+    return run_sweep(Path(args.out), methods, datasets, shots, seeds, base, launch)
 
 
 def split_values(text: str, cast, flag: str) -> list:
@@ -192,23 +201,25 @@ def parse_datasets(text: str) -> list[Dataset]:
 
 
 def run_sweep(out: Path, methods: list[str], datasets: list[Dataset], shots: list[int], seeds: list[int],
-              base: dict) -> dict:
-    """Run (or skip) every cell, write the table after each; raise LoreError if any cell failed."""
+              base: dict, launch=None) -> dict:
+    """Run (or skip) every cell on the launcher (:mod:`lore.grid`; default: in this process), then
+    write the table; raise LoreError if any cell failed."""
+    from .grid import run_phase
+
     cells = [Cell(d, m, k, s) for d in datasets for k in shots for m in methods for s in seeds]
-    results: dict[Cell, dict] = {}
     refuse_changed_recipes([(cell, out, base, {}) for cell in cells])
     out.mkdir(parents=True, exist_ok=True)
-    for i, cell in enumerate(cells, 1):
-        result = attempt(cell_config(cell, out, base), f"[{i}/{len(cells)}] {cell.label()}:")
-        results[cell] = ({"status": "done", "test_acc1": result["final"]["test_acc1"], "how": result["how"]}
-                         if result["status"] == "done" else result)
-        table = summarise(out, cells, results, methods, datasets, shots, seeds)
-        write_table(out, table)
+    outcomes = run_phase(out, "sweep", [(cell_config(cell, out, base), f"[{i}/{len(cells)}] {cell.label()}:")
+                                        for i, cell in enumerate(cells, 1)], launch)
+    results = {cell: ({"status": "done", "test_acc1": o["final"]["test_acc1"]} if o["status"] == "done" else o)
+               for cell, o in zip(cells, outcomes)}
+    table = summarise(out, cells, results, methods, datasets, shots, seeds)
+    write_table(out, table)
     print(render_markdown(table))
     failed = table["failed"]
     if failed:
         raise LoreError(f"{len(failed)} of {len(cells)} sweep cells failed (first: {failed[0]['cell']}: "
-                        f"{failed[0]['error']}); see {out / 'table.json'}")
+                        f"{failed[0]['error']}); see {out / 'table.json'}; a re-run retries failed cells")
     return table
 
 

@@ -90,6 +90,9 @@ class CommonOptions:
     # execution
     device: str = opt("auto", "cpu | cuda | cuda:N | auto")
     workers: int = opt(default_workers(), "data-loading worker processes (at most the machine's cores)")
+    cache_images: str = opt("auto", "keep the decoded training images in memory (auto: when they fit in a "
+                            "quarter of the available memory); results are the same either way",
+                            ["auto", "on", "off"])
     feature_cache: str | None = opt(None, "folder where test / val backbone features are kept and shared by "
                                     "runs with the same backbone weights, images and transform (grids set "
                                     "it; default: in memory only)")
@@ -158,6 +161,12 @@ def validate(cfg: TrainConfig) -> None:
         # first at 0; with a per-epoch schedule and one epoch, no step would train at all
         raise LoreError(f"--warmup-epochs {cfg.warmup_epochs} with --warmup linear needs more than that many "
                         f"--epochs (got {cfg.epochs}); lower --warmup-epochs or raise --epochs")
+    if cfg.warmup_lr < 0:
+        raise LoreError(f"--warmup-lr must be >= 0, got {cfg.warmup_lr}")
+    if cfg.warmup == "constant" and cfg.warmup_lr == 0 and cfg.warmup_epochs >= cfg.epochs > 0:
+        # the constant warm-up would cover every step: a run that trains nothing
+        raise LoreError(f"--warmup-lr 0 for --warmup-epochs {cfg.warmup_epochs} of --epochs {cfg.epochs}: no "
+                        "step would train; give --warmup-lr > 0 or fewer --warmup-epochs")
     if cfg.global_prompts is not None and cfg.global_prompts < 0:
         raise LoreError(f"--global-prompts must be >= 0, got {cfg.global_prompts}")
     if cfg.shots is not None and cfg.shots < 1:

@@ -34,7 +34,7 @@ GRID_RANGES = {"--lrs": (0.0, False), "--wds": (0.0, True), "--seeds": (0, True)
 PATH_FIELDS = ("data", "classnames", "checkpoint", "out", "resume", "feature_cache")
 # options that may differ between two runs of the same cell without changing its result (sweep reuse)
 EXECUTION_FIELDS = frozenset({"device", "workers", "save_every", "keep_last", "resume", "out", "compile",
-                              "val_every", "feature_cache"})
+                              "val_every", "feature_cache", "cache_images"})
 # float options with a range (low, high, high inclusive?) beyond "finite"
 # (methods declare their own options' ranges with opt(low=, high=))
 FLOAT_RANGES = {"momentum": (0.0, 1.0, False), "stage_h_lr": (0.0, math.inf, False)}
@@ -157,7 +157,7 @@ def check_patch_multiple(size: tuple[int, int], patch: int) -> None:
 
 # options a resumed run may change: where and how it runs, not what it computes
 RESUME_MAY_CHANGE = frozenset({"device", "workers", "save_every", "keep_last", "log", "log_images",
-                               "resume", "out", "feature_cache"})
+                               "resume", "out", "feature_cache", "cache_images"})
 
 
 def refuse_recipe_changes(cfg: Any, saved: dict, run_dir: Any) -> None:

@@ -18,6 +18,7 @@ from .. import bn_modes, features, tensorboard_log
 from ..checkpoint import load_train_state
 from ..config import TrainConfig
 from ..data import EpochBatchSampler, ImageDataset, train_transform
+from ..data import image_cache
 from ..data.sampling import check_batch_for_norm
 from ..distributed import convert_sync_batchnorm
 from ..errors import LoreError
@@ -84,6 +85,8 @@ class _Loop:
     scaler: torch.amp.GradScaler
     tb: object | None
     epoch_metrics: Callable[..., dict]
+    batches: "_EpochBatches"
+    loader: torch.utils.data.DataLoader
     cur_lr: float = 0.0
     # the first non-finite step of the stage, kept on the device: [global step (inf: none), its loss]
     bad: torch.Tensor | None = None
@@ -112,7 +115,8 @@ def _start_loop(ctx: Context, model: nn.Module, samples: list, lr: float, stage:
     optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.wd)
     # frozen-feature methods train on backbone features computed once (lore.features)
     dataset = features.training_dataset(ctx, model, samples) or \
-        ImageDataset(samples, train_transform(cfg.img_size, ctx.data_config, cfg.aug))
+        image_cache.training_dataset(samples, train_transform(cfg.img_size, ctx.data_config, cfg.aug),
+                                     cfg.cache_images)
     steps_per_epoch = EpochBatchSampler(len(samples), cfg.batch_size, cfg.seed, 0, info.rank, info.world).steps()
     if steps_per_epoch == 0:
         raise LoreError(f"{len(samples)} training images cannot fill a batch on {info.world} processes")
@@ -136,9 +140,32 @@ def _start_loop(ctx: Context, model: nn.Module, samples: list, lr: float, stage:
         step_fn = torch.compile(step_fn)
     amp = amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    batches = _EpochBatches()
+    # cached features need no worker processes; a sample's augmentation depends on its own seed only
+    workers = 0 if isinstance(dataset, features.FeatureDataset) else cfg.workers
+    # one loader for the stage: its workers persist across epochs and prefetch; an own generator, so
+    # starting it never draws from the global RNG (a resumed run's dropout masks would drift)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                                         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                                         prefetch_factor=4 if workers > 0 else None,
+                                         generator=torch.Generator().manual_seed(cfg.seed))
     return _Loop(ctx, model, samples, lr, stage, val, epochs, optimizer, dataset, steps_per_epoch, counters,
-                 step_fn, amp, scaler, tb, epoch_metrics,
+                 step_fn, amp, scaler, tb, epoch_metrics, batches, loader,
                  bad=torch.tensor([math.inf, math.nan], dtype=torch.float64, device=device))
+
+
+class _EpochBatches(torch.utils.data.Sampler):
+    """The persistent loader's batch sampler: each epoch's own :class:`EpochBatchSampler`, set before
+    the epoch is iterated (so every epoch's sample order is what a fresh loader would give)."""
+
+    def __init__(self):
+        self.epoch: EpochBatchSampler | None = None
+
+    def __iter__(self):
+        return iter(self.epoch)
+
+    def __len__(self) -> int:
+        return len(self.epoch)
 
 
 def _train_epoch(loop: _Loop, epoch: int) -> None:
@@ -152,17 +179,11 @@ def _train_epoch(loop: _Loop, epoch: int) -> None:
         bn_modes.set_frozen(loop.model, counters["global_step"] >= cfg.bn_freeze_steps)
     sampler = EpochBatchSampler(len(loop.samples), cfg.batch_size, cfg.seed, epoch + 1000 * (stage == "h"),
                                 info.rank, info.world, start_step=counters["step"])
-    # an own generator: creating the iterator must not draw from the global RNG, or a resumed
-    # run's dropout masks would drift from the uninterrupted run's
-    # cached features need no worker processes; a sample's augmentation depends on its own seed only
-    workers = 0 if isinstance(loop.dataset, features.FeatureDataset) else cfg.workers
-    loader = torch.utils.data.DataLoader(loop.dataset, batch_sampler=sampler, num_workers=workers,
-                                         pin_memory=ctx.device.type == "cuda",
-                                         generator=torch.Generator().manual_seed(cfg.seed + epoch))
+    loop.batches.epoch = sampler
     # the running sums stay on the device: a step never waits for the host to read a number
     sums = {k: torch.tensor(v, dtype=torch.float64, device=ctx.device) for k, v in counters["sums"].items()}
     epoch_start = time.time()
-    bar = tqdm(loader, desc=f"{stage} epoch {epoch + 1}/{loop.epochs}", disable=not info.main or None,
+    bar = tqdm(loop.loader, desc=f"{stage} epoch {epoch + 1}/{loop.epochs}", disable=not info.main or None,
                leave=False, dynamic_ncols=True, file=sys.stderr)
     heartbeat = Heartbeat(bar)
     for images, targets, index in bar:

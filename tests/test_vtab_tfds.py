@@ -251,3 +251,16 @@ def test_data_check_reports_classes_missing_from_train800_and_histograms(tmp_pat
     assert "classes missing from train800: 1, 3" in out
     assert "train800             3 images,   2 classes | 0:2 1:0 2:1 3:0" in out
     assert "test                 5 images,   4 classes | 0:1 1:1 2:1 3:2" in out
+
+
+def test_a_truncated_shard_is_one_line_and_leaves_no_cache(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "tfds"
+    write_tfds(data / "kitti" / "3.2.0", "kitti", {"train": [800], "validation": [200], "test": [3]},
+               lambda s, i: {"image": (png(i), "byte"), "objects/type": ([], "int"), "objects/location": ([], "float")})
+    shard = data / "kitti" / "3.2.0" / "kitti-train.tfrecord-00000-of-00001"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    assert lore_cli("train", "--data", str(data / "kitti"), "--format", "vtab-tfds", "--out", str(tmp_path / "r")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "kitti-train.tfrecord-00000-of-00001" in err, err
+    cached = list((tmp_path / "cache").rglob("labels.json"))
+    assert cached == []

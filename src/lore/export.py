@@ -126,6 +126,10 @@ def preprocessing(img_size: int, data_config: dict) -> dict:
     """What `lore eval` does to an image before the model, as plain numbers."""
     from .data.transforms import eval_resize
 
+    if data_config.get("resize") == "squash":  # --format vtab-tfds: VPT's resize, aspect ratio not kept
+        return {"color": "RGB", "layout": "NCHW", "dtype": "float32", "resize_to": [img_size, img_size],
+                "interpolation": "bilinear", "antialias": False, "scale": 1 / 255,
+                "mean": list(data_config["mean"]), "std": list(data_config["std"])}
     return {"color": "RGB", "layout": "NCHW", "dtype": "float32",
             "resize_shorter_side": eval_resize(img_size, data_config),
             "interpolation": data_config.get("interpolation", "bicubic"), "center_crop": img_size,

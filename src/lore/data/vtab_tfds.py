@@ -21,6 +21,7 @@ import io
 import json
 import os
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,6 +149,8 @@ def _values(feature, key: str, path: Path) -> np.ndarray:
         raise LoreError(f"{path}: a record has no feature {key!r}; is this the TFDS version VPT reads?")
     f = feature[key]
     kind = f.WhichOneof("kind")
+    if kind is None:  # an empty list (a KITTI image without objects)
+        return np.asarray([])
     return np.asarray(getattr(f, kind).value) if kind != "bytes_list" else np.asarray(f.bytes_list.value, dtype=object)
 
 
@@ -200,13 +203,20 @@ def _digest(task: str, source: Source, bounds: dict) -> str:
 
 def _materialise(task: str, source: Source, bounds: dict, target: Path) -> None:
     """Write the lists' images and labels.json into ``target`` atomically (a temp folder renamed)."""
+    _tfrecord()  # the package's own message first, where it is not installed
+    from google.protobuf.message import DecodeError  # tfrecord's dependency
+
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         listed = {}
         for name, (split, start, stop) in bounds.items():
             (tmp / name).mkdir(parents=True)
-            features = list(_records(source, split, start, stop))
+            try:
+                features = list(_records(source, split, start, stop))
+            except (RuntimeError, ValueError, EOFError, struct.error, DecodeError) as e:
+                raise LoreError(f"{source.folder}: cannot read the {split} shards ({type(e).__name__}: {e}); "
+                                "re-copy the dataset folder") from None
             ys = labels(task, features, source.folder)
             rows = []
             for i, (f, y) in enumerate(zip(features, ys)):

@@ -792,3 +792,16 @@ def test_exif_orientation_is_ignored_as_the_reference_pipelines_ignore_it(tmp_pa
     Image.fromarray(pixels).save(tmp_path / "x.jpg", exif=exif, quality=100)
     image = load_image(str(tmp_path / "x.jpg"))
     assert image.size == (40, 20) and np.asarray(image)[10, 5].min() > 200  # the stored pixels, unrotated
+
+
+def test_a_clip_text_tower_that_cannot_be_loaded_is_one_line_without_open_clips_own(monkeypatch, capsys) -> None:
+    import logging
+
+    from lore.errors import LoreError
+    from lore.knowledge import load_open_clip
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in a fresh process: no handler yet
+    with pytest.raises(LoreError, match="no-such-tag"):
+        load_open_clip("ViT-B-32/no-such-tag")
+    assert "ERROR:root" not in capsys.readouterr().err and logging.getLogger().handlers == []

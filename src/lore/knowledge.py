@@ -17,8 +17,10 @@ Specs (``--knowledge``):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -220,6 +222,20 @@ def _load_matrix(path: str) -> torch.Tensor:
     return mat
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """open_clip logs a failed weight download on the root logger just before raising it; with no
+    handler there, logging would install a stderr one and print ``ERROR:root:...`` above lore's
+    own one-line error saying the same. An application's own handlers still get the record."""
+    root = logging.getLogger()
+    guard = logging.NullHandler()
+    root.addHandler(guard)
+    try:
+        yield
+    finally:
+        root.removeHandler(guard)
+
+
 def load_open_clip(arg: str, device: str | torch.device = "cpu"):
     """``MODEL/TAG`` -> (open_clip model, tokenizer). MODEL may be a JSON config path; TAG ``none``."""
     import open_clip
@@ -235,7 +251,8 @@ def load_open_clip(arg: str, device: str | torch.device = "cpu"):
     if pretrained:
         hub_offline_if_unreachable()  # no network: fail (or use the cache) at once, not after retries
     try:
-        model = open_clip.create_model(name, pretrained=pretrained, device=device)
+        with _quiet_root_logger():
+            model = open_clip.create_model(name, pretrained=pretrained, device=device)
         tokenizer = open_clip.get_tokenizer(name)
     except RuntimeError as e:
         raise LoreError(f"--knowledge clip:{arg}: {e}") from None

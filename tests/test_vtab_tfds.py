@@ -264,3 +264,51 @@ def test_a_truncated_shard_is_one_line_and_leaves_no_cache(tmp_path: Path, capsy
     assert len(err.splitlines()) == 1 and "kitti-train.tfrecord-00000-of-00001" in err, err
     cached = list((tmp_path / "cache").rglob("labels.json"))
     assert cached == []
+
+
+def test_clevr_count_and_closest_distance_labels(tmp_path: Path) -> None:
+    # objects' depth (pixel_coords z) per scene -> count label (objects - 3) and distance bin
+    # (thresholds 0, 8, 8.5, 9, 9.5, 10, 100: the last one strictly below the nearest depth)
+    scenes = [([12.0, 9.2, 11.0], 0, 3), ([7.0, 9.0, 9.0, 9.0], 1, 0), ([10.5] * 10, 7, 5), ([8.5, 11, 12, 13, 14], 2, 1)]
+
+    def record(split: str, i: int) -> dict:
+        depths = scenes[i % len(scenes)][0]
+        return {"image": (png(i), "byte"), "objects/size": ([0] * len(depths), "int"),
+                "objects/pixel_coords": ([v for z in depths for v in (10.0, 20.0, z)], "float")}
+
+    data = tmp_path / "tfds"
+    write_tfds(data / "clevr" / "3.1.0", "clevr", {"train": [2000], "validation": [4], "test": [1]}, record)
+    count = load_dataset(str(data / "clevr_count"), "vtab-tfds").splits
+    dist = load_dataset(str(data / "clevr_dist"), "vtab-tfds").splits
+    assert [y for _, y in count["test"]] == [c for _, c, _ in scenes]  # the TFDS validation split
+    assert [y for _, y in dist["test"]] == [d for _, _, d in scenes]
+    assert [pixel_id(p) for p, _ in count["val"]][:2] == [1800, 1801]
+
+
+def test_vtab_tfds_runs_use_vpts_square_bilinear_resize_and_imagenet_statistics() -> None:
+    """VPT: tf.image.resize to size x size (bilinear, half-pixel centres, no antialias), /255,
+    mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225); no crop, aspect ratio not kept."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from lore.data import eval_transform
+    from lore.runs import run_data_config
+
+    cfg = SimpleNamespace(crop_pct=0.875, train_crop_pct=None, format="vtab-tfds")
+    backbone = SimpleNamespace(data_config={"mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bicubic"})
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    got = eval_transform(16, run_data_config(cfg, backbone))(Image.fromarray(image))
+
+    def axis(n: int):  # source coordinate of each of 16 outputs, clamped to the image
+        src = np.clip((np.arange(16) + 0.5) * n / 16 - 0.5, 0, n - 1)
+        lo = np.floor(src).astype(int)
+        return lo, np.minimum(lo + 1, n - 1), src - lo
+    (y0, y1, wy), (x0, x1, wx) = axis(6), axis(10)
+    img = image / 255.0
+    rows = img[y0] * (1 - wy)[:, None, None] + img[y1] * wy[:, None, None]
+    want = rows[:, x0] * (1 - wx)[None, :, None] + rows[:, x1] * wx[None, :, None]
+    want = (want - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    assert got.shape == (3, 16, 16)
+    assert torch.allclose(got, torch.from_numpy(want).permute(2, 0, 1).float(), atol=1e-5)

@@ -1,0 +1,112 @@
+"""Careless options on the grids and on `lore train`: a schedule that trains nothing, grid options
+that contradict a row, grid values that print alike, a failed tuning run, and out-of-range grid
+lists over a finished grid. Each is refused up front in one line (exit 2) or handled and said,
+and nothing already written is replaced."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import TINY_BACKBONE, lore_cli
+from test_hostile_input import TRAIN, one_error_line
+
+GRID = ["--datasets", "eurosat", "--methods", "linear", "--wds", "0", "--seeds", "1", "--batch-size", "4",
+        "--device", "cpu", *TINY_BACKBONE]
+
+
+def write_eurosat(task: Path) -> None:
+    """A VTAB-1k task folder as the PETL repositories distribute it (images/ and the lists
+    `relative/path label`, train800val200 = train800 + val200), one image per EuroSAT class
+    (10 classes) in each list."""
+    from PIL import Image
+
+    lists: dict[str, list[str]] = {"train800": [], "val200": [], "test": []}
+    for split, lines in lists.items():
+        for c in range(10):
+            rel = f"images/{split}_{c}.png"
+            (task / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((16, 16, 3), 25 * c, np.uint8)).save(task / rel)
+            lines.append(f"{rel} {c}")
+    lists["train800val200"] = lists["train800"] + lists["val200"]
+    for name, lines in lists.items():
+        (task / f"{name}.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def smoke_grid(tmp_path_factory) -> tuple[Path, Path, str]:
+    """`lore paper vtab --epochs 2` (the README's smoke run) with two rates that print alike at
+    `:g` precision: (data root, --out, stderr)."""
+    import contextlib
+    import io
+
+    tmp = tmp_path_factory.mktemp("smoke")
+    write_eurosat(tmp / "vtab" / "eurosat")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = lore_cli("paper", "vtab", "--data-root", tmp / "vtab", "--out", tmp / "out", "--epochs", "2",
+                        "--lrs", "0.1,0.1000001", *GRID)
+    assert code == 0, err.getvalue()
+    return tmp / "vtab", tmp / "out", err.getvalue()
+
+
+def test_a_petl_smoke_run_scales_the_warmup_says_so_and_trains_in_every_epoch(smoke_grid) -> None:
+    _, out, err = smoke_grid
+    assert "VPT's warm-up is scaled to 0 epoch(s) (10 of its 100)" in err
+    runs = sorted(out.glob("runs/vtab/eurosat/linear/*/*/seed1"))
+    assert len(runs) == 3  # two tuning runs, one final
+    for run in runs:
+        epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [e["epoch"] for e in epochs] == [1, 2]
+        assert all(e["lr"] > 0 for e in epochs), (run, epochs)
+
+
+def test_grid_rates_that_print_alike_train_in_their_own_folders(smoke_grid) -> None:
+    _, out, _ = smoke_grid
+    tuned = sorted(p.name for p in (out / "runs/vtab/eurosat/linear/tune").iterdir())
+    assert tuned == ["lr0.1000001_wd0", "lr0.1_wd0"]  # `:g` would give both "lr0.1"
+    rates = [yaml.safe_load((out / "runs/vtab/eurosat/linear/tune" / t / "seed1/config.yaml").read_text())["lr"]
+             for t in tuned]
+    assert rates == [0.1000001 / 256 * 4, 0.1 / 256 * 4]  # each folder holds its own rate
+    table = json.loads((out / "table.json").read_text())
+    assert [r["status"] for r in table["runs"][0]["tuned"]] == ["done", "done"]
+
+
+@pytest.mark.parametrize("flag, value", [("--lrs", "-1"), ("--wds", "-0.5"), ("--seeds", "99999999999999999999"),
+                                         ("--epochs", "-1")])
+def test_a_bad_grid_option_over_a_finished_grid_leaves_its_table(smoke_grid, capsys, flag, value) -> None:
+    root, out, _ = smoke_grid
+    before = {p.name: p.read_bytes() for p in out.glob("table.*")}
+    assert set(before) == {"table.md", "table.csv", "table.json"}
+    # the flag comes last: it wins over the same flag in GRID
+    assert lore_cli("paper", "vtab", "--data-root", root, "--out", out, "--epochs", "2", "--lrs", "0.1",
+                    *GRID, flag, value) == 2
+    assert one_error_line(capsys.readouterr().err).startswith(f"lore: error: {flag}")
+    assert {p.name: p.read_bytes() for p in out.glob("table.*")} == before
+
+
+def test_a_failed_tuning_run_is_never_a_clean_exit(tmp_path: Path, capsys) -> None:
+    write_eurosat(tmp_path / "vtab" / "eurosat")
+    # a rate beyond float32 fails in the optimiser's first step; 0.1 trains and is chosen
+    assert lore_cli("paper", "vtab", "--data-root", tmp_path / "vtab", "--out", tmp_path / "out", "--epochs", "1",
+                    "--lrs", "0.1,1e300", *GRID) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "1 of 3 runs failed (first: linear / eurosat tuning lr 1e+300 wd 0" in line
+    assert str(tmp_path / "out" / "table.json") in line
+    table = json.loads((tmp_path / "out" / "table.json").read_text())
+    assert table["runs"][0]["chosen"] == [0.1, 0.0]  # the table is written all the same
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--warmup", "linear", "--warmup-epochs", "1"], "--warmup-epochs 1 with --warmup linear"),
+    (["--warmup-epochs", "1", "--warmup-lr", "0"], "--warmup-lr 0 for --warmup-epochs 1 of --epochs 1"),
+    (["--warmup-epochs", "1", "--warmup-lr", "-1", "--epochs", "2"], "--warmup-lr must be >= 0"),
+])
+def test_a_schedule_that_trains_nothing_is_refused(colors: Path, tmp_path: Path, capsys, extra, says) -> None:
+    assert lore_cli(*TRAIN, "--data", colors, *extra, "--out", tmp_path / "run") == 2
+    assert says in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()

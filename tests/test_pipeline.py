@@ -70,3 +70,41 @@ def test_auto_caches_only_what_fits_the_memory_budget(colors, monkeypatch):
     assert image_cache.should_cache("on", samples) and not image_cache.should_cache("off", samples)
     dataset = image_cache.training_dataset(samples, None, "on")
     assert isinstance(dataset, image_cache.CachedImageDataset) and dataset[3][0].size == (32, 32)
+
+
+def test_a_folder_is_listed_once_until_it_changes(colors, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from lore.data import file_index, layout, load_dataset
+
+    root = tmp_path / "data"
+    shutil.copytree(colors, root)
+    for d, _, _ in os.walk(root):  # folders changed long ago (a just-changed one is always listed)
+        os.utime(d, ns=(1, 10**18))
+    scans = []
+    real = file_index.listing
+    monkeypatch.setattr(file_index, "listing", lambda folder, rec, scan: real(
+        folder, rec, lambda f: (scans.append(f.name), scan(f))[1]))
+    first = load_dataset(str(root), "imagefolder")
+    n_folders = len(scans)
+    assert n_folders == 8  # 4 classes x train / test
+    again = load_dataset(str(root), "imagefolder")  # another cell of a grid: nothing listed again
+    assert len(scans) == n_folders and again.splits == first.splits
+    red = root / "train" / "red"
+    (red / "deeper").mkdir()
+    shutil.copy(next(red.glob("*.png")), red / "deeper" / "new.png")
+    changed = load_dataset(str(root), "imagefolder")
+    assert scans[n_folders:] == ["red"]  # only the changed class folder
+    assert len(changed.get("train")) == len(first.get("train")) + 1
+    os.remove(red / "deeper" / "new.png")  # a change below a known subfolder is seen too
+    assert len(load_dataset(str(root), "imagefolder").get("train")) == len(first.get("train"))
+    flat = root / "flat"
+    flat.mkdir()
+    shutil.copy(next(red.glob("*.png")), flat / "a.png")
+    os.utime(flat, ns=(1, 10**18))
+    assert [p.name for p in layout.list_images(flat)] == ["a.png"]
+    n = len(scans)
+    assert [p.name for p in layout.list_images(flat)] == ["a.png"] and len(scans) == n  # kept
+    shutil.copy(flat / "a.png", flat / "b.png")
+    assert [p.name for p in layout.list_images(flat)] == ["a.png", "b.png"]

@@ -95,8 +95,11 @@ def _read_classnames(path: str) -> list[str]:
 
 
 def list_images_recursive(folder: Path) -> list[Path]:
-    """Every image file under ``folder``, sorted."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    """Every image file under ``folder``, sorted; listed once per process while no folder under it
+    changed (lore.data.file_index)."""
+    from .file_index import listing
+    return listing(folder, True, lambda f: sorted(p for p in f.rglob("*")
+                                                   if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()))
 
 
 def _imagefolder(root: Path, image_dir: str | None, holdout: float) -> Splits:

@@ -13,6 +13,18 @@ from .splits import IMAGE_EXTENSIONS, Sample
 _NUMBER = re.compile(r"(\d+)\.[A-Za-z]+$")
 
 
+def folders_named(root: Path, names: tuple[str, ...] | list[str]) -> list[Path]:
+    """The folders under ``root`` named one of ``names`` in any letter case (``KITTI/`` is ``kitti/``:
+    found, not "missing"), in the order of ``names``."""
+    if not root.is_dir():
+        return []
+    by_name: dict[str, list[Path]] = {}
+    for p in root.iterdir():
+        if p.is_dir():
+            by_name.setdefault(p.name.lower(), []).append(p)
+    return [p for n in dict.fromkeys(x.lower() for x in names) for p in sorted(by_name.get(n, []))]
+
+
 def locate(name: str, root: Path, relative: str, nests: tuple[str, ...] = ("",)) -> Path:
     """``root/nest/relative`` for the first nest where it exists (archives extract into a folder of
     their own, so a dataset folder may hold the files directly or one level down)."""
@@ -33,7 +45,13 @@ def require_files(name: str, split: str, samples: list[Sample], listed_in: Path)
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder`` (os.scandir: ImageNet's train set has 1.3M files)."""
+    """Image files directly inside ``folder`` (os.scandir: ImageNet's train set has 1.3M files),
+    listed once per process while the folder is unchanged (lore.data.file_index)."""
+    from .file_index import listing
+    return listing(folder, False, _scan_images)
+
+
+def _scan_images(folder: Path) -> list[Path]:
     with os.scandir(folder) as entries:
         return sorted(Path(e.path) for e in entries
                       if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)

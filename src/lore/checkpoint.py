@@ -95,7 +95,22 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint_name: str = rundir.WEIGHTS,
              backbone_checkpoint: str | None = None) -> tuple[nn.Module, dict]:
-    """Rebuild a trained model from its run directory (no knowledge encoder needed)."""
+    """Rebuild a trained model from its run directory (no knowledge encoder needed).
+
+    Args:
+        run_dir: a run directory written by ``lore train``.
+        device: where the model goes.
+        checkpoint_name: the weights file inside the run directory (the final weights by default).
+        backbone_checkpoint: local backbone weights, when the run's backbone file has moved.
+
+    Returns:
+        ``(model, meta)``: the model in eval mode, and the run's ``model.json`` record (method,
+        backbone, number of classes, the method's options).
+
+    Raises:
+        LoreError: the run directory is incomplete, its weights do not fit the model, or the
+            backbone's weights differ from those the run was trained on.
+    """
     from .models import build_model
 
     run_dir = Path(run_dir)

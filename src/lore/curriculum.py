@@ -1,4 +1,4 @@
-"""Easy-to-hard selection as the reference runs it (LORE.md section 3).
+"""Easy-to-hard selection as the reference runs it (docs/method.md, "Easy-to-hard").
 
 Stage e trains on the N images per class that *herding* picks first on the frozen image features:
 the greedy mean-matching of iCaRL, in its "w_t" form (Welling's herding), which is what the

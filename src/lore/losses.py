@@ -1,4 +1,4 @@
-"""The K-L prototype constraint L_kp (LORE.md section 2.4).
+"""The K-L prototype constraint L_kp (docs/method.md, "L_kp").
 
     L_kp = mean_b [ -cos(Y_b, A^_{b,t}) + 1[t_b != p_b] * cos(Y_b, A^_{b,p}) ]
 

@@ -80,6 +80,21 @@ class AdaptedViT(nn.Module):
 
     def features(self, images: torch.Tensor, attn_layers: tuple[int, ...] = (),
                  hidden_layers: tuple[int, ...] = ()) -> dict:
+        """The prompted ViT's outputs for a batch of images, for downstream tasks and analysis.
+
+        Args:
+            images: (B, 3, H, W) images, normalised as the backbone expects.
+            attn_layers: 0-based block indices whose attention weights are also returned.
+            hidden_layers: 0-based block indices whose output patch tokens are also returned.
+
+        Returns:
+            A dict with ``cls`` (B, D) the final class token; ``patches`` (B, h, w, D) the final
+            patch tokens; ``prompts`` (B, P, D) the prompt tokens' outputs, or None without
+            prompts; ``pooled`` (B, D_out) the backbone's pooled feature (the image embedding on
+            CLIP), which the head classifies; ``attn`` {block: attention weights}; ``hidden``
+            {block: (B, h, w, D)}; ``num_prefix`` and ``num_prompts``, the token counts before the
+            patches.
+        """
         e0 = self.black_box.embed(images)
         out = self.black_box.forward_embed(e0, self.prompts(e0), attn_layers, hidden_layers)
         return vars(out)

@@ -1,4 +1,4 @@
-"""The White Box: LIN, KLA and the Prompt Generator (LORE.md section 2)."""
+"""The White Box: LIN, KLA and the Prompt Generator (docs/method.md, "The White Box")."""
 
 from lore.whitebox.kla import KLA, topn_filter
 from lore.whitebox.lin import LIN, knn_indices, max_relative

@@ -1,4 +1,4 @@
-"""KLA - Knowledge-Locality Attention (LORE.md section 2.2). Used in training only.
+"""KLA - Knowledge-Locality Attention (docs/method.md, "KLA"). Used in training only.
 
 Single-head cross attention from class knowledge (frozen text embeddings q_c, the queries, no
 W_q) to the locality-enhanced tokens E^ (keys and values), giving one K-L prototype per

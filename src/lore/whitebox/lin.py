@@ -1,4 +1,4 @@
-"""LIN - Locality Interaction Network (LORE.md section 2.1).
+"""LIN - Locality Interaction Network (docs/method.md, "LIN").
 
 LIN turns the frozen patch embedding E0 into locality-enhanced tokens E^ by message passing on a
 dynamic k-nearest-neighbour graph of the patch tokens, rebuilt for every image (ViG style).

@@ -1,4 +1,4 @@
-"""PG - Prompt Generator (LORE.md section 2.3).
+"""PG - Prompt Generator (docs/method.md, "Prompt Generator").
 
 From the locality-enhanced tokens E^ it makes the latent embedding Y (pulled toward the K-L
 prototypes by L_kp) and, from Y, the locality-aware prompts U of every ViT layer::

@@ -151,10 +151,13 @@ def test_kitti_closest_vehicle_distance(tmp_path: Path) -> None:
 def test_too_small_a_split_and_missing_task_are_one_line_errors(tmp_path: Path, capsys) -> None:
     data = tmp_path / "tfds"
     write_tfds(data / "cifar100" / "3.0.2", "cifar100", {"train": [900], "test": [3]}, plain)
-    args = ["train", "--data", str(data / "cifar"), "--format", "vtab-tfds", "--out", str(tmp_path / "run")]
+    from conftest import TINY_BACKBONE
+
+    args = ["train", *TINY_BACKBONE, "--device", "cpu", "--data", str(data / "cifar"), "--format", "vtab-tfds",
+            "--out", str(tmp_path / "run")]
     assert lore_cli(*args) == 2
     assert "too few" in capsys.readouterr().err
-    assert lore_cli("train", "--data", str(data / "svhn"), "--format", "vtab-tfds", "--out", str(tmp_path / "r")) == 2
+    assert lore_cli(*args[:-6], "--data", str(data / "svhn"), "--format", "vtab-tfds", "--out", str(tmp_path / "r")) == 2
     assert "no TFDS svhn_cropped" in capsys.readouterr().err
 
 

@@ -62,3 +62,20 @@ def test_bench_times_the_clip_prompt_learners_beside_lore(tmp_path):
         expected = res["lore"]["train_images_per_s"] / res[m]["train_images_per_s"]
         assert ratio["train_step_time"] == pytest.approx(expected, rel=1e-3, abs=1e-4)  # rounded to 4 places
     assert "cocoop/coop" in report["ratios"] and "maple/coop" in report["ratios"]
+
+
+def test_bench_pipeline_reports_loader_and_model_side_by_side(colors, tmp_path, capsys):
+    """A tiny setting only: the figures exist and are consistent, no speed is asserted."""
+    assert lore_cli("bench", "--pipeline", colors / "train", "--pipeline-workers", "0,1", "--pipeline-images", "20",
+                    "--pipeline-passes", "1", "--backbone", "vit_small_patch16_224", "--backbone-args", TINY,
+                    "--img-size", "32", "--batch", "4", "--methods", "b-b,lore-no-kp", "--repeats", "1",
+                    "--warmup", "0", "--device", "cpu", "--out", tmp_path) == 0
+    report = json.loads((tmp_path / "pipeline.json").read_text())
+    assert report["pipeline"]["images"] == 20 and report["workers"] == [0, 1]
+    assert set(report["pipeline"]["loader_images_per_s"]) == {"decode/0", "cached/0", "decode/1", "cached/1"}
+    assert all(v > 0 for v in report["pipeline"]["loader_images_per_s"].values())
+    fastest = max(report["model"], key=lambda m: report["model"][m]["train_images_per_s"])
+    assert report["method"] == fastest and report["model_train_images_per_s"] > 0
+    out = capsys.readouterr().out
+    assert "who waits" in out and "decoded once" in out
+    assert lore_cli("bench", "--pipeline", tmp_path / "none", "--device", "cpu") == 2

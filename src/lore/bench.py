@@ -46,7 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    parser.add_argument("--out", help="directory for bench.json")
+    parser.add_argument("--out", help="directory for bench.json (pipeline.json with --pipeline)")
+    parser.add_argument("--pipeline", metavar="FOLDER", help="instead: the training loader's images/s on the "
+                        "images under FOLDER (per worker count, with and without the image cache) beside the "
+                        "model's training images/s, to see which side waits")
+    parser.add_argument("--pipeline-workers", default="0,1,2,4", help="--pipeline: worker counts to time")
+    parser.add_argument("--pipeline-images", type=int, default=512, help="--pipeline: at most this many images")
+    parser.add_argument("--pipeline-passes", type=int, default=3, help="--pipeline: timed passes over the images")
 
 
 def bench_methods() -> list[str]:
@@ -220,6 +226,19 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _pipeline(args: argparse.Namespace) -> dict:
+    from . import pipeline_bench
+
+    report = pipeline_bench.main(args, lambda methods: run(
+        args.backbone, methods, img_size=args.img_size, batch=args.batch, device=args.device, dtype=args.dtype,
+        repeats=args.repeats, warmup=args.warmup, backbone_args=args.backbone_args, pretrained=args.pretrained,
+        num_classes=args.num_classes, knowledge=args.knowledge))
+    print(pipeline_bench.format_table(report))
+    if args.out:
+        print(f"written: {atomic_write_json(Path(args.out) / 'pipeline.json', report)}")
+    return report
+
+
 def main(args: argparse.Namespace) -> dict:
     if args.threads < 0:
         raise LoreError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
@@ -227,6 +246,8 @@ def main(args: argparse.Namespace) -> dict:
         check_output_dir(args.out, allow_run=False)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.pipeline:
+        return _pipeline(args)
     report = run(args.backbone, [m.strip() for m in args.methods.split(",") if m.strip()],
                  img_size=args.img_size, batch=args.batch, device=args.device, dtype=args.dtype,
                  repeats=args.repeats, warmup=args.warmup, backbone_args=args.backbone_args,

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,demo,real,export,tb,vtab]"
+	$(PY) -m pip install -q -e ".[dev,demo,real,export,tb,vtab,slurm]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -18,6 +18,7 @@ demo: install
 
 test: install
 	bash scripts/install_chromium.sh || echo "chromium unavailable: tests/test_report_browser.py will skip"
+	bash scripts/install_slurm.sh || echo "slurm unavailable: tests/test_slurm.py will skip"
 	$(PY) -m pytest -q
 
 bench: install

@@ -488,7 +488,7 @@ def test_a_grid_option_that_contradicts_a_row_is_refused(tmp_path: Path, capsys)
     assert lore_cli("paper", "vtab", "--data-root", root, "--out", out, "--datasets", "eurosat",
                     "--methods", "lore,lore-no-kp", "--no-kp", *TINY_BACKBONE) == 2
     line = one_error_line(capsys.readouterr().err)
-    assert "--kp False contradicts the row 'lore'" in line and not out.exists()
+    assert "--no-kp contradicts the row 'lore'" in line and not out.exists()
     assert lore_cli("sweep", "--methods", "lore", "--datasets", f"e={root / 'eurosat'}:vtab", "--shots", "1",
                     "--no-kp", "--out", out, *TINY_BACKBONE) == 2
     assert "contradicts the row 'lore'" in one_error_line(capsys.readouterr().err) and not out.exists()

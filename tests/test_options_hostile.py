@@ -110,3 +110,26 @@ def test_a_schedule_that_trains_nothing_is_refused(colors: Path, tmp_path: Path,
     assert lore_cli(*TRAIN, "--data", colors, *extra, "--out", tmp_path / "run") == 2
     assert says in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_grid_option_that_contradicts_a_row_is_refused_in_every_grid(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    (tmp_path / "root").mkdir()
+    assert lore_cli("paper", "table1", "--data-root", tmp_path / "root", "--out", out, "--methods", "lore",
+                    "--no-kp", *TINY_BACKBONE) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "lore paper table1: --no-kp contradicts the row 'lore' (which trains with --kp)" in line
+    assert not out.exists()
+    write_eurosat(tmp_path / "vtab" / "eurosat")
+    # the value a row has anyway is no contradiction: --no-kp beside lore-no-kp only
+    assert lore_cli("paper", "vtab", "--data-root", tmp_path / "vtab", "--out", out, "--plan", "--no-measure",
+                    "--datasets", "eurosat", "--methods", "lore-no-kp", "--no-kp", *GRID[4:]) == 0
+    assert lore_cli("paper", "vtab", "--data-root", tmp_path / "vtab", "--out", out, "--methods",
+                    "lore,lore-no-kp", "--kp", "--datasets", "eurosat", *GRID[4:]) == 2
+    assert "--kp contradicts the row 'lore-no-kp'" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_grid_row_name_on_lore_train_says_which_options_it_stands_for(colors: Path, tmp_path: Path,
+                                                                        capsys) -> None:
+    assert lore_cli(*TRAIN, "--data", colors, "--method", "lore-no-kp", "--out", tmp_path / "run") == 2
+    assert "use --method lore --no-kp" in one_error_line(capsys.readouterr().err)

@@ -96,6 +96,11 @@ def available_methods() -> list[str]:
 
 def get(name: str) -> Method:
     if name not in _REGISTRY:
+        alias = aliases().get(name)
+        if alias is not None:  # a grid row's name: say which options it stands for
+            options = " ".join(flag_text(k, v) for k, v in alias.items() if k != "method")
+            raise LoreError(f"--method {name} is a row name of the grids (lore sweep, lore paper); for one run "
+                            f"use --method {alias['method']} {options}")
         raise LoreError(f"unknown --method {name!r}; choose one of: {', '.join(available_methods())}")
     return _REGISTRY[name]
 
@@ -132,16 +137,31 @@ def row_rank(label: str) -> float:
     return 99.5
 
 
+def flag_text(key: str, value) -> str:
+    """An option as the user types it: ``--no-kp``, ``--kp``, ``--kp-weight 0.5``."""
+    flag = key.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{'' if value else 'no-'}{flag}"
+    return f"--{flag} {value}"
+
+
 def refuse_row_options(rows: list[str], base: dict, command: str) -> None:
-    """A grid option that a row's name decides (``--no-kp`` beside the rows ``lore`` and
-    ``lore-no-kp``) would silently change that row: refused, naming both."""
+    """A grid option that a row's name decides (``--no-kp`` beside the row ``lore``, ``--kp``
+    beside ``lore-no-kp``) would silently change that row: refused, naming both. A value the row
+    would have anyway is harmless."""
+    from dataclasses import fields
+
+    from ..config import TrainConfig, defaults
+    from ..values import typed
+
+    given = typed(base, fields(TrainConfig), command)  # a YAML `kp: no` is the flag --no-kp
     for row in rows:
-        method, _ = resolve(row)
-        decided = {k for options in method.aliases.values() for k in options}
-        clash = sorted(k for k in decided if k in base)
+        method, own = resolve(row)
+        decided = {k: own.get(k, defaults()[k]) for options in method.aliases.values() for k in options}
+        clash = sorted(k for k, v in decided.items() if k in given and given[k] != v)
         if clash:
             k = clash[0]
-            names = ", ".join(method.aliases)
-            raise LoreError(f"{command}: --{k.replace('_', '-')} {base[k]!r} contradicts the row {row!r}: the "
-                            f"rows {row!r} / {names} already decide {k}; drop --{k.replace('_', '-')} and "
+            raise LoreError(f"{command}: {flag_text(k, given[k])} contradicts the row {row!r} (which trains "
+                            f"with {flag_text(k, decided[k])}); rows {', '.join([method.name, *method.aliases])} "
+                            f"decide --{k.replace('_', '-')} themselves: drop {flag_text(k, given[k])} and "
                             "choose rows with --methods")

@@ -100,3 +100,30 @@ def test_random_crops_train_on_k_cached_views(colors, tmp_path, capsys):
     capsys.readouterr()
     _train(tmp_path, "fresh", [*args, "--feature-views", "0"])
     assert "cached backbone features" not in capsys.readouterr().err
+
+
+def test_linear_probe_grid_as_many_heads_equals_the_separate_runs(colors, tmp_path):
+    """The lr x wd grid trained as heads side by side on one pass of cached features: each head is
+    bit for bit the head of its own `lore train --method linear` run."""
+    from lore import config as config_mod
+    from lore import features
+    from lore.distributed import DistInfo
+    from lore.head_grid import train_heads
+    from lore.runs import run_data_config
+    from lore.train import Context, build_from_config, load_data
+
+    pairs = [(0.5, 0.0), (0.5, 0.1), (0.05, 0.0), (0.05, 0.1)]
+    common = ["--method", "linear", *TINY_BACKBONE, "--data", colors, "--epochs", "3", "--batch-size", "16",
+              "--aug", "flip"]
+    runs = [_train(tmp_path, f"lr{lr}-wd{wd}", [*common, "--lr", lr, "--wd", wd])[0] for lr, wd in pairs]
+    cfg = config_mod.make(config_mod.load_yaml(str(tmp_path / "lr0.5-wd0.0" / "config.yaml")))
+    data = load_data(cfg)
+    model = build_from_config(cfg, len(data.classnames))
+    ctx = Context(cfg, DistInfo(), torch.device("cpu"), tmp_path)
+    ctx.data_config = run_data_config(cfg, model.black_box)
+    dataset = features.training_dataset(ctx, model, data.get("train"))
+    heads = train_heads(ctx, model, dataset, pairs)
+    for head, run in zip(heads, runs):
+        assert torch.equal(head.weight.detach(), run["head.weight"])
+        assert torch.equal(head.bias.detach(), run["head.bias"])
+    assert not torch.equal(heads[0].weight, heads[1].weight)  # the cells differ

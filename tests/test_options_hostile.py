@@ -133,3 +133,38 @@ def test_a_grid_row_name_on_lore_train_says_which_options_it_stands_for(colors: 
                                                                         capsys) -> None:
     assert lore_cli(*TRAIN, "--data", colors, "--method", "lore-no-kp", "--out", tmp_path / "run") == 2
     assert "use --method lore --no-kp" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--knowledge", "learned:0"], "--knowledge 'learned:0': the width after ':' must be an integer in [1, 65536]"),
+    (["--knowledge", "learned:"], "--knowledge learned:: give the width, e.g. learned:512"),
+    (["--knowledge", "random"], "--knowledge random: give the width, e.g. random:512"),
+    (["--num-classes", "7"], "--num-classes 7: the data sets the number of classes"),
+])
+def test_an_option_the_run_cannot_honour_is_refused_before_anything_is_written(colors: Path, tmp_path: Path,
+                                                                                capsys, extra, says) -> None:
+    args = [a if a != "linear" else "lore" for a in TRAIN] if extra[0] == "--knowledge" else TRAIN
+    assert lore_cli(*args, "--data", colors, *extra, "--out", tmp_path / "run") == 2
+    assert says in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_grid_refuses_a_knowledge_width_before_it_starts(tmp_path: Path, capsys) -> None:
+    write_eurosat(tmp_path / "vtab" / "eurosat")
+    out = tmp_path / "out"
+    assert lore_cli("paper", "vtab", "--data-root", tmp_path / "vtab", "--out", out, "--knowledge", "learned:0",
+                    "--datasets", "eurosat", "--methods", "lore", *GRID[4:]) == 2
+    assert "--knowledge 'learned:0'" in one_error_line(capsys.readouterr().err) and not out.exists()
+
+
+@pytest.mark.parametrize("method, extra, says", [
+    ("linear", ["--log-images"], "--log-images draws into TensorBoard only"),
+    ("lore", ["--knowledge", "ngram:16", "--no-kp", "--kp-weight", "3"], "--kp-weight 3.0 weighs L_kp, which --no-kp"),
+    ("lore", ["--knowledge", "ngram:16", "--wb-norm", "layer", "--bn-mode", "freeze"],
+     "--bn-mode freeze acts on BatchNorm layers, and this lore model (--wb-norm layer) has none"),
+])
+def test_an_inert_option_is_said_in_one_warning(colors: Path, tmp_path: Path, capsys, method, extra, says) -> None:
+    args = [a if a != "linear" else method for a in TRAIN]
+    assert lore_cli(*args, "--data", colors, *extra, "--out", tmp_path / "run") == 0
+    warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("lore: warning:")]
+    assert len(warnings) == 1 and says in warnings[0], warnings

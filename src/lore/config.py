@@ -110,7 +110,9 @@ class CommonOptions:
     dry_run: bool = opt(False, "build the model, print parameters and GFLOPs, write model_summary.json, exit")
     num_classes: int | None = opt(None, "number of classes for --dry-run (no data needed)")
     # class knowledge (LORE and the CLIP baselines)
-    knowledge: str | None = opt(None, "class knowledge: clip:MODEL/TAG | sentence:MODEL | file:PATH")
+    knowledge: str | None = opt(None, "class knowledge: clip:MODEL/TAG | sentence:MODEL | file:PATH | "
+                                "ngram:DIM (spelling only) | random:DIM (a control) | learned:DIM (LORE learns "
+                                "it)")
     template: str | None = opt(None, "sentence template with {} (or a file of templates)")
     global_prompts: int | None = opt(None, "learnable prompts per layer (LORE: 8; VPT: 10)")
     knowledge_dim: int = opt(512, "knowledge width for --dry-run without --knowledge")
@@ -161,6 +163,8 @@ def validate(cfg: TrainConfig) -> None:
         # first at 0; with a per-epoch schedule and one epoch, no step would train at all
         raise LoreError(f"--warmup-epochs {cfg.warmup_epochs} with --warmup linear needs more than that many "
                         f"--epochs (got {cfg.epochs}); lower --warmup-epochs or raise --epochs")
+    from .knowledge import check_width
+    check_width(cfg.knowledge)
     if cfg.warmup_lr < 0:
         raise LoreError(f"--warmup-lr must be >= 0, got {cfg.warmup_lr}")
     if cfg.warmup == "constant" and cfg.warmup_lr == 0 and cfg.warmup_epochs >= cfg.epochs > 0:
@@ -182,6 +186,10 @@ def validate(cfg: TrainConfig) -> None:
             raise LoreError("--data PATH is required (or --dry-run --num-classes N)")
         if not cfg.out:
             raise LoreError("--out RUN_DIR is required")
+    if cfg.num_classes is not None and cfg.data and not cfg.dry_run and not cfg.resume:
+        # the data sets the class count; a --num-classes beside it would only be recorded, unused
+        raise LoreError(f"--num-classes {cfg.num_classes}: the data sets the number of classes; --num-classes "
+                        "is for --dry-run without --data")
     if cfg.dry_run and not cfg.data and not cfg.num_classes:
         raise LoreError("--dry-run needs --num-classes N or --data PATH")
 

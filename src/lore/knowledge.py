@@ -148,6 +148,19 @@ def learned_width(spec: str) -> int:
     return _width(spec, spec.partition(":")[2])
 
 
+WIDTH_KINDS = ("ngram", "random", "learned")
+
+
+def check_width(spec: str | None) -> None:
+    """``ngram:`` / ``random:`` / ``learned:`` name their width: checked with the other options, so
+    a grid refuses ``learned:0`` before it starts, and a missing width is never a silent 256."""
+    kind, colon, arg = (spec or "").partition(":")
+    if kind in WIDTH_KINDS:
+        if not colon or not arg.strip():
+            raise LoreError(f"--knowledge {spec}: give the width, e.g. {kind}:512")
+        _width(spec, arg)
+
+
 def _width(spec: str, arg: str) -> int:
     try:
         dim = int(arg or 256)

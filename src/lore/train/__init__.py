@@ -38,6 +38,7 @@ from ..knowledge import (NEGATIVE_TEMPLATE, cached_class_embeddings, check_file_
                          learned_knowledge, most_similar_classes)
 from ..lock import run_lock
 from ..models import build_model
+from ..option_warnings import warn_inert
 from ..models.base import zeroshot_sentences
 from ..models.coop import check_text_side, weightless
 from ..models.registry import Method, get as method_of
@@ -193,6 +194,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     if method.check_knowledge and knowledge is not None:
         warn_degenerate_knowledge(knowledge, classnames, _knowledge_spec(cfg), ctx.log)
     model = build_from_config(cfg, len(classnames), knowledge, classnames=classnames).to(device)
+    if info.main:
+        warn_inert(cfg, model)
     ctx.data_config = run_data_config(cfg, model.black_box)
     started = time.time()
     stages = _train_model(ctx, method, model, train_all, test, val, knowledge, classnames)

@@ -1,0 +1,35 @@
+"""Options that would change nothing in this run: each said in one ``lore: warning:`` line, and the
+run goes on (a recipe or a grid's shared options may set them for other runs)."""
+
+from __future__ import annotations
+
+import sys
+
+from torch import nn
+
+from .bn_modes import batch_norms
+
+
+def inert_options(cfg, model: nn.Module | None = None) -> list[str]:
+    """Why each inert option of ``cfg`` changes nothing; ``model``: the built model, to ask whether
+    it has the BatchNorm (or dropout) that --bn-mode acts on."""
+    from .config import defaults
+    from .models.registry import resolve
+
+    lines = []
+    if cfg.log_images and cfg.log != "tensorboard":
+        lines.append("--log-images draws into TensorBoard only; it does nothing without --log tensorboard")
+    if resolve(cfg.method)[0].name == "lore" and not cfg.kp and cfg.kp_weight != defaults()["kp_weight"]:
+        lines.append(f"--kp-weight {cfg.kp_weight} weighs L_kp, which --no-kp leaves out")
+    if model is not None and cfg.bn_mode != "train" and not batch_norms(model):
+        dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
+        if cfg.bn_mode != "reference" or not dropout:
+            wb = f" (--wb-norm {cfg.wb_norm})" if cfg.method == "lore" else ""
+            lines.append(f"--bn-mode {cfg.bn_mode} acts on BatchNorm layers, and this {cfg.method} model{wb} "
+                         "has none")
+    return lines
+
+
+def warn_inert(cfg, model: nn.Module | None = None) -> None:
+    for line in inert_options(cfg, model):
+        print(f"lore: warning: {line}", file=sys.stderr)

@@ -140,6 +140,8 @@ def test_a_grid_row_name_on_lore_train_says_which_options_it_stands_for(colors: 
     (["--knowledge", "learned:"], "--knowledge learned:: give the width, e.g. learned:512"),
     (["--knowledge", "random"], "--knowledge random: give the width, e.g. random:512"),
     (["--num-classes", "7"], "--num-classes 7: the data sets the number of classes"),
+    (["--dataset", "eurosat", "--format", "vtab"], "--dataset eurosat reads --data in that dataset's own layout; "
+                                                   "--format vtab would be ignored"),
 ])
 def test_an_option_the_run_cannot_honour_is_refused_before_anything_is_written(colors: Path, tmp_path: Path,
                                                                                 capsys, extra, says) -> None:
@@ -168,3 +170,13 @@ def test_an_inert_option_is_said_in_one_warning(colors: Path, tmp_path: Path, ca
     assert lore_cli(*args, "--data", colors, *extra, "--out", tmp_path / "run") == 0
     warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("lore: warning:")]
     assert len(warnings) == 1 and says in warnings[0], warnings
+
+
+def test_a_huge_label_in_an_unknown_vtab_task_is_named_against_the_image_count(tmp_path: Path, capsys) -> None:
+    task = tmp_path / "mytask"
+    write_eurosat(task)
+    lines = (task / "test.txt").read_text().splitlines()
+    (task / "test.txt").write_text("\n".join(lines[:-1] + [f"images/test_9.png {10**30}"]) + "\n")
+    assert lore_cli(*TRAIN[:-6], "--data", task, "--format", "vtab", "--out", tmp_path / "run") == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"test.txt, line 10: label {10**30} but the lists hold 40 images, so a label is at most 39" in line

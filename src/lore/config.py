@@ -186,6 +186,10 @@ def validate(cfg: TrainConfig) -> None:
             raise LoreError("--data PATH is required (or --dry-run --num-classes N)")
         if not cfg.out:
             raise LoreError("--out RUN_DIR is required")
+    if cfg.dataset and cfg.format != "imagefolder" and not cfg.resume:
+        # --dataset reads --data as that dataset is distributed: a --format beside it would be ignored
+        raise LoreError(f"--dataset {cfg.dataset} reads --data in that dataset's own layout; --format "
+                        f"{cfg.format} would be ignored: drop one of them")
     if cfg.num_classes is not None and cfg.data and not cfg.dry_run and not cfg.resume:
         # the data sets the class count; a --num-classes beside it would only be recorded, unused
         raise LoreError(f"--num-classes {cfg.num_classes}: the data sets the number of classes; --num-classes "

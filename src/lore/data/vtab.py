@@ -77,8 +77,9 @@ def load_vtab(root: Path, protocol: str = "vtab") -> Splits:
         for path, y, number in rows:
             # a label beyond the task's classes (or, for an unknown task, the entry count) is corrupt
             if y >= (num_classes if task else listed):
-                raise LoreError(f"{root / LISTS[protocol][split]}, line {number}: label {y} but "
-                                f"{task or 'the task'} has {num_classes} classes")
+                bound = (f"{task} has {num_classes} classes" if task else
+                         f"the lists hold {listed} images, so a label is at most {listed - 1}")
+                raise LoreError(f"{root / LISTS[protocol][split]}, line {number}: label {y} but {bound}")
         splits[split] = [(str(p), y) for p, y, _ in rows]
     return Splits(class_names(task, num_classes), splits, split=f"VTAB-1k {' / '.join(LISTS[protocol].values())}")
 

@@ -65,8 +65,8 @@ class Source:
         files = sorted(self.folder.glob(f"*-{split}.tfrecord-*-of-*"))
         if len(files) != len(self.shard_lengths[split]):
             raise LoreError(f"{self.folder}: dataset_info.json lists {len(self.shard_lengths[split])} shard(s) "
-                            f"of the {split} split but {len(files)} file(s) *-{split}.tfrecord-* are there; "
-                            "re-copy the dataset folder")
+                            f"of the {split} split but {len(files)} file(s) *-{split}.tfrecord-* are there; re-copy the "
+                            "dataset folder (lore reads TFRecord shards, not TFDS's array_record files)")
         return files
 
 

@@ -805,3 +805,21 @@ def test_a_clip_text_tower_that_cannot_be_loaded_is_one_line_without_open_clips_
     with pytest.raises(LoreError, match="no-such-tag"):
         load_open_clip("ViT-B-32/no-such-tag")
     assert "ERROR:root" not in capsys.readouterr().err and logging.getLogger().handlers == []
+
+
+def test_task_folders_in_another_letter_case_or_under_lores_own_name_are_found(tmp_path: Path, capsys) -> None:
+    vtab = tmp_path / "vtab"
+    _empty_test_split("vtab", vtab / "KITTI")
+    (vtab / "KITTI" / "test.txt").write_text("img/a0.png 0\n")
+    assert lore_cli("paper", "vtab", "--data-root", vtab, "--out", tmp_path / "o", "--datasets", "kitti",
+                    "--methods", "linear", "--plan", "--no-measure") == 0
+    plan = capsys.readouterr().out
+    assert str(vtab / "KITTI") in plan and "MISSING" not in plan
+    dogs = tmp_path / "fgvc" / "dogs"  # lore's own name for Stanford Dogs
+    dogs.mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        (dogs / f"{split}.json").write_text('{"n02085620-Chihuahua/a.jpg": 1}')
+    assert lore_cli("paper", "fgvc", "--data-root", tmp_path / "fgvc", "--out", tmp_path / "o", "--datasets", "dogs",
+                    "--methods", "linear", "--plan", "--no-measure") == 0
+    plan = capsys.readouterr().out
+    assert str(dogs) in plan and "MISSING" not in plan

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import LoreError
 from ..io import inside_root, read_json
+from .layout import folders_named
 from .splits import Sample, Splits
 
 # dataset -> (folder names: VPT's recommended one first, then the archives'), classes, image folder
@@ -29,16 +30,20 @@ LISTS = {"fgvc": {"train": "train.json", "val": "val.json", "test": "test.json"}
          "fgvc-tune": {"train": "train.json", "test": "val.json"}}
 
 
+def folder_names(dataset: str) -> tuple[str, ...]:
+    """Its folder names: VPT's, the archives', and lore's own key (``dogs/``), in any letter case."""
+    return (*DATASETS[dataset][0], dataset)
+
+
 def dataset_of(folder: Path) -> str | None:
     """The FGVC dataset a folder holds, from its name."""
     name = folder.name.lower()
-    return next((d for d, (names, _, _) in DATASETS.items() if name in {n.lower() for n in names}), None)
+    return next((d for d in DATASETS if name in {n.lower() for n in folder_names(d)}), None)
 
 
 def find(name: str, data_root: Path) -> Path | None:
     """The dataset's folder under ``data_root`` (any of its names), or None."""
-    names = DATASETS[name][0]
-    found = [data_root / n for n in names if (data_root / n).is_dir()]
+    found = folders_named(data_root, folder_names(name))
     if len(found) > 1:
         raise LoreError(f"--data-root {data_root}: both {found[0].name}/ and {found[1].name}/ hold {name}; "
                         "keep one")

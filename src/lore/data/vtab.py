@@ -19,7 +19,7 @@ from pathlib import Path
 from ..errors import LoreError
 from ..io import inside_root
 from .splits import Sample, Splits
-from .layout import read_lines
+from .layout import folders_named, read_lines
 
 # classes per task (VTAB-1k, Zhai et al. 2019), by the folder names the PETL repositories use
 TASK_CLASSES = {
@@ -45,6 +45,16 @@ def task_name(folder: Path) -> str | None:
     name = folder.name.lower()
     name = ALIASES.get(name, name)
     return name if name in TASK_CLASSES else None
+
+
+def find(task: str, data_root: Path) -> Path | None:
+    """The task's folder under the data root, by any name the PETL repositories give it, in any
+    letter case (``KITTI/``), or None."""
+    found = folders_named(data_root, [task] + [alias for alias, name in ALIASES.items() if name == task])
+    if len(found) > 1:
+        raise LoreError(f"--data-root {data_root}: both {found[0].name}/ and {found[1].name}/ hold the "
+                        f"VTAB-1k task {task}; keep one")
+    return found[0] if found else None
 
 
 def read_list(path: Path, root: Path) -> list[tuple[Path, int, int]]:

@@ -76,14 +76,9 @@ def find_task(bench: str, task: str, data_root: Path) -> Path | None:
         from ..data.fgvc import find
 
         return find(task, data_root)
-    from ..data.vtab import ALIASES
+    from ..data.vtab import find
 
-    names = [task] + [alias for alias, name in ALIASES.items() if name == task]
-    found = [data_root / n for n in names if (data_root / n).is_dir()]
-    if len(found) > 1:
-        raise LoreError(f"--data-root {data_root}: both {found[0].name}/ and {found[1].name}/ hold the "
-                        f"VTAB-1k task {task}; keep one")
-    return found[0] if found else None
+    return find(task, data_root)
 
 
 def has_class_names(bench: str, task: str) -> bool:
@@ -162,15 +157,6 @@ def protocol_base(plan: Plan, base: dict) -> dict:
 
 def scaled_warmup(epochs: int) -> int:
     """VPT's warm-up share of a shorter (or longer) schedule: 10 of 100 epochs, rounded down, so a
-def say_scaled_warmup(plan: Plan, base: dict) -> None:
-    """One line when --epochs shortens (or lengthens) VPT's schedule and its warm-up with it."""
-    schedule, values = protocol()["schedule"], protocol_base(plan, base)
-    if values["warmup_epochs"] != schedule["warmup_epochs"] and "warmup_epochs" not in base:
-        print(f"lore paper {plan.bench}: --epochs {values['epochs']}: VPT's warm-up is scaled to "
-              f"{values['warmup_epochs']} epoch(s) ({schedule['warmup_epochs']} of its {schedule['epochs']}); "
-              "--warmup-epochs N sets it", file=sys.stderr)
-
-
     smoke run of a few epochs trains at its rates instead of warming up for all of them."""
     schedule = protocol()["schedule"]
     return schedule["warmup_epochs"] * epochs // schedule["epochs"]
@@ -383,7 +369,6 @@ def main(args, base: dict) -> dict:
              "wds": split_values(args.wds, float, "--wds") if args.wds is not None else None,
              "shots_cap": args.shots_cap, "unnamed": args.unnamed_classes,
              "source": getattr(args, "vtab_source", "images")}
-    say_scaled_warmup(plan, base)
     plan = make_plan(bench, root, split_values(args.seeds, int, "--seeds") if args.seeds is not None else None,
                      split_values(args.methods, str, "--methods") if args.methods else None,
                      split_values(args.datasets, str, "--datasets") if args.datasets else None, **extra)

@@ -151,13 +151,14 @@ def refuse_row_options(rows: list[str], base: dict, command: str) -> None:
     would have anyway is harmless."""
     from dataclasses import fields
 
-    from ..config import TrainConfig, defaults
     from ..values import typed
 
-    given = typed(base, fields(TrainConfig), command)  # a YAML `kp: no` is the flag --no-kp
     for row in rows:
         method, own = resolve(row)
-        decided = {k: own.get(k, defaults()[k]) for options in method.aliases.values() for k in options}
+        options = fields(method.config) if method.config else ()
+        given = typed(base, options, command)  # a YAML `kp: no` is the flag --no-kp
+        defaults = {f.name: f.default for f in options}
+        decided = {k: own.get(k, defaults.get(k)) for alias in method.aliases.values() for k in alias}
         clash = sorted(k for k, v in decided.items() if k in given and given[k] != v)
         if clash:
             k = clash[0]

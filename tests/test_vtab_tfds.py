@@ -315,3 +315,12 @@ def test_vtab_tfds_runs_use_vpts_square_bilinear_resize_and_imagenet_statistics(
     want = (want - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
     assert got.shape == (3, 16, 16)
     assert torch.allclose(got, torch.from_numpy(want).permute(2, 0, 1).float(), atol=1e-5)
+
+
+def test_the_source_is_named_in_the_plan_and_fgvc_refuses_tfds(tmp_path: Path, capsys) -> None:
+    assert lore_cli("paper", "vtab", "--data-root", tmp_path, "--out", tmp_path / "o", "--plan", "--no-measure",
+                    "--methods", "linear") == 0
+    assert "data: VTAB-1k from the PETL repositories' image export" in capsys.readouterr().out
+    assert lore_cli("paper", "fgvc", "--data-root", tmp_path, "--out", tmp_path / "o", "--plan", "--no-measure",
+                    "--vtab-source", "tfds") == 2
+    assert "--vtab-source tfds" in capsys.readouterr().err

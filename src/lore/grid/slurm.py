@@ -23,7 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+from .. import rundir
 from ..errors import LoreError
+from ..io import atomic_write_json, read_json
 from .options import LaunchOptions
 
 try:
@@ -135,6 +137,17 @@ def launch(cell_files: list[Path], opts: LaunchOptions, log_dir: Path, wait: boo
     phase = Path(cell_files[0]).parent.name
     log_dir = Path(log_dir).absolute()
     log_dir.mkdir(parents=True, exist_ok=True)
+    record = log_dir / f"{phase}.json"
+    earlier = _earlier_array(record, cell_files)
+    if earlier is not None:  # a re-run while the array it submitted is still queued or running
+        print(f"grid phase {phase}: SLURM job array {earlier} of an earlier invocation is still queued or "
+              "running; not submitting again", file=sys.stderr)
+        if wait:
+            wait_for_array(earlier, len(cell_files), phase)
+        return earlier
+    cell_files = [p for p in cell_files if not _finished(p)]
+    if not cell_files:  # a re-run that only collects the table
+        return None
     executor = submitit.AutoExecutor(folder=str(log_dir / "%j"), cluster="slurm")
     executor.update_parameters(**executor_parameters(opts, f"lore-{phase}"))
     try:
@@ -146,6 +159,7 @@ def launch(cell_files: list[Path], opts: LaunchOptions, log_dir: Path, wait: boo
         line = next((s.strip() for s in str(detail).splitlines() if s.strip()), type(e).__name__)
         raise LoreError(f"--launcher slurm: sbatch refused the job array of phase {phase}: {line}") from None
     job_id = jobs[0].job_id.split("_")[0]
+    atomic_write_json(record, {"job": job_id, "cells": [str(Path(p).absolute()) for p in cell_files]})
     print(f"grid phase {phase}: SLURM job array {job_id} ({len(jobs)} cells, logs under {log_dir / job_id}_*)",
           file=sys.stderr)
     if not wait:  # the phase runner says how to collect
@@ -157,6 +171,28 @@ def launch(cell_files: list[Path], opts: LaunchOptions, log_dir: Path, wait: boo
               "stops it); re-run the same command to collect the table", file=sys.stderr)
         raise
     return job_id
+
+
+def _finished(cell_file: Path) -> bool:
+    """The cell's run directory holds a finished run (the worker checks it is this cell's)."""
+    try:
+        out = read_json(Path(cell_file), "grid cell file")["config"]["out"]
+    except (LoreError, KeyError, TypeError):
+        return False  # the task reports what is wrong with the file
+    return bool(out) and rundir.finished(Path(out))
+
+
+def _earlier_array(record: Path, cell_files: list[Path]) -> str | None:
+    """The job array an earlier invocation submitted for these cells, while any task of it is
+    still queued or running."""
+    try:
+        earlier = read_json(record, "SLURM job record")
+        job, cells = str(earlier["job"]), set(earlier["cells"])
+    except (LoreError, KeyError, TypeError):
+        return None
+    if not cells <= {str(Path(p).absolute()) for p in cell_files}:
+        return None
+    return job if active_tasks(job) else None
 
 
 def active_tasks(job_id: str) -> int | None:

@@ -47,10 +47,11 @@ def task_logs(out: Path) -> dict[str, str]:
     return {p.parent.name: p.read_text(errors="replace") for p in (out / "slurm").glob("*/*_0_log.err")}
 
 
-def wait_for(condition, seconds: float, what: str) -> None:
+def wait_for(condition, seconds: float, what: str, out: Path | None = None) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        logs = "\n".join(t[-1500:] for t in task_logs(out).values()) if out else ""
+        assert time.monotonic() < deadline, f"timed out waiting for {what}; task logs:\n{logs}"
         time.sleep(0.2)
 
 
@@ -111,14 +112,14 @@ def test_a_requeued_task_resumes_its_cell_from_the_checkpoint(cluster, tmp_path:
     job = re.search(r"SLURM job array (\d+)", capsys.readouterr().err).group(1)
     run = out / "colors" / "vpt-shallow" / "2shot" / "seed1"
     metrics = run / "metrics.jsonl"
-    wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 2, 120, "two epochs")
+    wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 2, 120, "two epochs", out)
     # SLURM's warning before a preemption or the time limit: submitit checkpoints the call and
     # requeues the task (scontrol requeue), which kills it
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
     state = lambda: subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True,  # noqa: E731
                                    text=True).stdout.strip()
-    wait_for(lambda: state() == "PENDING", 60, "the requeued task")
-    assert not (run / "final.json").exists()
+    wait_for(lambda: state() == "PENDING", 60, "the requeued task", out)
+    assert not (run / "final.json").exists(), "the cell finished before the signal: give it more epochs"
     # a requeued job waits (BeginTime) before it may start again; this test does not
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
     slurm.wait_for_array(job, 1, "test")
@@ -135,3 +136,31 @@ def test_a_requeued_task_resumes_its_cell_from_the_checkpoint(cluster, tmp_path:
     assert main(grid) == 0
     assert "SLURM job array" not in capsys.readouterr().err
     assert json.loads((out / "table.json").read_text())["cells"][0]["n"] == 1
+
+
+def test_a_cell_on_two_tasks_trains_once_under_ddp_as_one_process_would(cluster, tmp_path: Path) -> None:
+    """What --slurm-gpus-per-job 2 submits (2 tasks of one job), on CPUs: gloo instead of NCCL."""
+    from lore.config import make
+
+    data = write_imagefolder(tmp_path / "colors", n_train=4, n_test=3)
+    values = {"method": "vpt-shallow", "data": str(data), "backbone": "vit_small_patch16_224", "pretrained": False,
+              "backbone_args": TINY, "img_size": 32, "workers": 0, "device": "cpu", "batch_size": 4, "shots": 2,
+              "epochs": 2}
+    cell = tmp_path / "00000.json"
+    cell.write_text(json.dumps({"config": {**values, "out": str(tmp_path / "ddp")}, "prefix": "[ddp]"}))
+    executor = submitit.AutoExecutor(folder=str(tmp_path / "slurm" / "%j"), cluster="slurm")
+    executor.update_parameters(nodes=1, tasks_per_node=2, cpus_per_task=1, timeout_min=5, slurm_partition="debug")
+    results = executor.submit(slurm.CellTask(), str(cell)).results()
+    assert [r["status"] for r in results] == ["done", "done"], results
+    assert results[0]["final"]["test_acc1"] == results[1]["final"]["test_acc1"]
+
+    from lore.grid.worker import run_cell
+    one = run_cell(make({**values, "out": str(tmp_path / "one")}), "[one]")
+    assert one["status"] == "done"
+    # the global batch split over two processes trains what one process trains
+    assert results[0]["final"]["test_acc1"] == pytest.approx(one["final"]["test_acc1"])
+    ddp, single = ([json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+                   for d in ("ddp", "one"))
+    assert [m["epoch"] for m in ddp] == [1, 2]
+    for a, b in zip(ddp, single):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["train_acc"] == pytest.approx(b["train_acc"])

@@ -823,3 +823,20 @@ def test_task_folders_in_another_letter_case_or_under_lores_own_name_are_found(t
                     "--methods", "linear", "--plan", "--no-measure") == 0
     plan = capsys.readouterr().out
     assert str(dogs) in plan and "MISSING" not in plan
+
+
+def test_a_task_every_run_of_which_would_fail_is_named_once_before_the_grid(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "root"
+    task = root / "kitti"  # images of 2 of kitti's 4 classes only
+    for split in ("train800", "val200", "test"):
+        for y in (0, 1):
+            _png(task / "img" / f"{split}{y}.png", 120 * y)
+        (task / f"{split}.txt").write_text("".join(f"img/{split}{y}.png {y}\n" for y in (0, 1)))
+    (task / "train800val200.txt").write_text((task / "train800.txt").read_text() + (task / "val200.txt").read_text())
+    out = tmp_path / "o"
+    assert lore_cli("paper", "vtab", "--data-root", root, "--out", out, "--datasets", "kitti", "--methods", "linear",
+                    *TINY_BACKBONE, "--device", "cpu", "--epochs", 1, "--batch-size", 4) == 2
+    err = capsys.readouterr().err
+    line = one_error_line(err)
+    assert "task kitti (vtab-tune)" in line and "2 classes ('class 2' (label 2), 'class 3' (label 3)) have no image" in line
+    assert err.count("no image") == 1 and not out.exists()

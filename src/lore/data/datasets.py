@@ -370,12 +370,12 @@ def check_class_coverage(data: Splits, allow_missing: bool = False, warn=None) -
             continue
         counts = np.bincount(np.array([y for _, y in samples], dtype=np.int64), minlength=n)
         empty = np.flatnonzero(counts[:n] == 0)
-        if empty.size:
-            names = ", ".join(repr(data.classnames[i]) for i in empty[:3].tolist())
-            more = f" and {empty.size - 3} more" if empty.size > 3 else ""
-            problems.append(f"{data.root or 'the dataset'}: class {names}{more} (label "
-                            f"{int(empty[0])}) has no image in the {split} split of the {n} classes "
-                            "the dataset lists; is the copy complete?")
+        if empty.size:  # each shown class with its own label, the count of the rest
+            names = ", ".join(f"{data.classnames[i]!r} (label {i})" for i in empty[:3].tolist())
+            what = f"class {names} has" if empty.size == 1 else \
+                f"{empty.size} classes ({names}{', ...' if empty.size > 3 else ''}) have"
+            problems.append(f"{data.root or 'the dataset'}: {what} no image in the {split} split of the {n} "
+                            "classes the dataset lists; is the copy complete?")
     if problems and not allow_missing:
         raise LoreError(problems[0] + " (--allow-missing-classes trains anyway)")
     for p in problems:

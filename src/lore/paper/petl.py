@@ -350,6 +350,26 @@ def make_plan(bench: str, data_root: Path, seeds: list[int] | None, methods: lis
                 folders, root=data_root, **extra)
 
 
+def check_tasks(plan: Plan, base: dict) -> None:
+    """Read every found task once, with each protocol's lists and the checks a run makes, before the
+    grid starts: a problem that would fail all of a task's runs (classes without images, a list
+    naming a missing file) is said once, naming the task, not by each of its tuning runs."""
+    from ..data.datasets import check_class_coverage, check_split_integrity, load_dataset
+
+    if plan.source != "images":  # a TFDS data dir is read (and checked) by its own reader
+        return
+    allow = bool(protocol_base(plan, base).get("allow_missing_classes"))
+    for task in (t for t in plan.tasks if plan.folders[t] is not None):
+        for fmt in dict.fromkeys(protocol()["benchmarks"][plan.bench]["formats"].values()):
+            try:
+                data = load_dataset(str(plan.folders[task]), fmt)
+                check_split_integrity(data)
+                check_class_coverage(data, allow, warn=lambda message: None)
+            except LoreError as e:
+                raise LoreError(f"lore paper {plan.bench}: task {task} ({fmt}): {e}; every run of it would fail "
+                                "(fix the folder, or leave the task out with --datasets)") from None
+
+
 def check_base(base: dict) -> None:
     for key in ("lr", "wd"):
         if key in base:  # the protocol picks them; a fixed value would make the tuning meaningless
@@ -376,6 +396,7 @@ def main(args, base: dict) -> dict:
     refuse_row_options(plan.methods, base, f"lore paper {bench}")
     if args.plan:
         return print_plan(plan, base, args.bench, args.measure)
+    check_tasks(plan, base)
     results = run_plan(plan, out, base)
     rows = table_rows(plan, results)
     write_outputs(plan, rows, results, out)

@@ -39,6 +39,9 @@ INSTALL_HINT = "--launcher slurm needs submitit: pip install 'lore[slurm]'"
 POLL_SECONDS = float(os.environ.get("LORE_SLURM_POLL_SECONDS", "10"))
 # SLURM's warning before the time limit; submitit's default (90 s) unless the limit is short
 MAX_SIGNAL_DELAY_S = 90
+# a cell reaching --slurm-time is requeued this often (each time resuming from its checkpoint)
+# before submitit gives up on it; preemptions do not count
+MAX_TIMEOUT_REQUEUES = 10
 
 
 def require_submitit():
@@ -148,7 +151,8 @@ def launch(cell_files: list[Path], opts: LaunchOptions, log_dir: Path, wait: boo
     cell_files = [p for p in cell_files if not _finished(p)]
     if not cell_files:  # a re-run that only collects the table
         return None
-    executor = submitit.AutoExecutor(folder=str(log_dir / "%j"), cluster="slurm")
+    executor = submitit.AutoExecutor(folder=str(log_dir / "%j"), cluster="slurm",
+                                     slurm_max_num_timeout=MAX_TIMEOUT_REQUEUES)
     executor.update_parameters(**executor_parameters(opts, f"lore-{phase}"))
     try:
         jobs = executor.map_array(CellTask(), [str(Path(p).absolute()) for p in cell_files])

@@ -55,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="LORE's class knowledge on tasks whose classes have no names (VTAB counts, "
                            "distances, angles; NABirds): a class-embedding matrix learned with the White "
                            "Box (learned:512, default) or the knowledge encoder on 'class 3' sentences")
+    from ..grid.options import add_launcher_arguments
+    add_launcher_arguments(parser)
     group = parser.add_argument_group("training options for every run (win over the recipe; e.g. "
                                       "--backbone + --backbone-args + --no-pretrained for a smoke test)")
     config_mod.add_arguments(group, skip=PAPER_FIELDS)
@@ -81,7 +83,11 @@ def base_options(args: argparse.Namespace) -> dict:
 def main(args: argparse.Namespace) -> dict:
     from .runner import measured_rows, narrow, run_grid, write_outputs
     from .tables import get_table
+    from ..grid import LaunchOptions
 
+    if LaunchOptions.from_args(args).status:
+        from ..grid.status import show
+        return show(Path(args.out))
     if args.table in ("vtab", "fgvc"):
         return _petl(args)
     for flag in ("lrs", "wds"):
@@ -106,7 +112,7 @@ def main(args: argparse.Namespace) -> dict:
         raise LoreError("--bench is read by --plan only")
     if args.shots_cap is not None and args.shots_cap < 1:
         raise LoreError(f"--shots-cap must be >= 1, got {args.shots_cap}")
-    results = run_grid(grid, root, out, base, args.shots_cap)
+    results = run_grid(grid, root, out, base, args.shots_cap, LaunchOptions.from_args(args))
     if table.layout == "tasks":
         from .tasks import run_tasks, task_rows
         rows = task_rows(grid, run_tasks(grid, results, root, out, base))

@@ -30,7 +30,6 @@ from pathlib import Path
 import yaml
 
 from ..errors import LoreError
-from ..cells import attempt
 from ..sweep import Cell, Dataset, cell_config, refuse_changed_recipes
 from ..models.registry import aliases, resolve
 from .runner import Value, mean_of, write_table_files
@@ -189,13 +188,15 @@ def choose(tuned: list[tuple[Run, dict]]) -> tuple[float, float] | None:
 # running the grid
 
 
-def _attempt(run: Run, out: Path, values: dict, prefix: str) -> dict:
-    """One run through the grids' cell runner; a failure is recorded, never raised."""
-    return attempt(cell_config(run, out, values), prefix)
+def run_plan(plan: Plan, out: Path, base: dict, launch=None) -> dict[tuple[str, str], dict]:
+    """{(method, task): {"tuned": [...], "chosen": (lr, wd) | None, "finals": [...], "missing": str}}.
 
+    Two grid phases on the launcher (:mod:`lore.grid`): every tuning run of every (method, task),
+    then, once the whole tuning grid has an outcome (runs other processes hold are waited for),
+    the choice of (lr, wd) per (method, task) and the final seeds on it. The choice is made on the
+    complete tuning grid only, so every process sharing the --out picks the same pair."""
+    from ..grid import run_phase
 
-def run_plan(plan: Plan, out: Path, base: dict) -> dict[tuple[str, str], dict]:
-    """{(method, task): {"tuned": [...], "chosen": (lr, wd) | None, "finals": [...], "missing": str}}."""
     runs_dir = out / "runs" / plan.bench
     values = protocol_base(plan, base)
     present = [t for t in plan.tasks if plan.folders[t] is not None]
@@ -205,33 +206,47 @@ def run_plan(plan: Plan, out: Path, base: dict) -> dict[tuple[str, str], dict]:
     out.mkdir(parents=True, exist_ok=True)  # only now: a refused grid leaves no empty --out behind
     results: dict[tuple[str, str], dict] = {}
     pairs = [(m, t) for t in plan.tasks for m in plan.methods]
-    for i, (method, task) in enumerate(pairs, 1):
-        head = f"[{i}/{len(pairs)}] {plan.bench} / {task} / {method}:"
+    heads = {pair: f"[{i}/{len(pairs)}] {plan.bench} / {pair[1]} / {pair[0]}:" for i, pair in enumerate(pairs, 1)}
+    tuning: dict[tuple[str, str], list[Run]] = {}
+    for method, task in pairs:
         if plan.folders[task] is None:
             results[(method, task)] = {"missing": f"not run: {plan.root / task} not found"}
-            print(f"{head} {results[(method, task)]['missing']}", file=sys.stderr)
-            continue
-        results[(method, task)] = _method_task(plan, base, values, runs_dir, method, task, head)
-    return results
+            print(f"{heads[(method, task)]} {results[(method, task)]['missing']}", file=sys.stderr)
+        else:
+            tuning[(method, task)] = tune_runs(plan, base, task, method)
+    outcomes = iter(run_phase(out, f"{plan.bench}-tune", [
+        (cell_config(run, runs_dir, values), f"{heads[pair]} tune lr {run.lr:g} wd {run.wd:g}:")
+        for pair, runs in tuning.items() for run in runs], launch))
+    finals: dict[tuple[str, str], list[Run]] = {}
+    for (method, task), runs in tuning.items():
+        tuned = [(run, next(outcomes)) for run in runs]
+        results[(method, task)] = entry = _tuning_entry(tuned)
+        if entry["chosen"] is not None:
+            finals[(method, task)] = [make_run(plan, base, task, method, "final", seed, *entry["chosen"])
+                                      for seed in plan.seeds]
+    refuse_changed_recipes([(run, runs_dir, values, {}) for runs in finals.values() for run in runs])
+    outcomes = iter(run_phase(out, f"{plan.bench}-final", [
+        (cell_config(run, runs_dir, values), f"{heads[pair]} final lr {run.lr:g} wd {run.wd:g} seed {run.seed}:")
+        for pair, runs in finals.items() for run in runs], launch))
+    for pair, runs in finals.items():
+        for run in runs:
+            r = next(outcomes)
+            results[pair]["finals"].append({"seed": run.seed, "status": r["status"], "error": r.get("error"),
+                                            "test_acc1": (r.get("final") or {}).get("test_acc1")})
+    return {pair: results[pair] for pair in pairs}
 
 
-def _method_task(plan: Plan, base: dict, values: dict, runs_dir: Path, method: str, task: str,
-                 head: str) -> dict:
-    tuned = [(run, _attempt(run, runs_dir, values, f"{head} tune lr {run.lr:g} wd {run.wd:g}:"))
-             for run in tune_runs(plan, base, task, method)]
-    chosen = choose(tuned)
+def _tuning_entry(tuned: list[tuple[Run, dict]]) -> dict:
+    """A (method, task)'s tuning runs and its choice; none while a run is still pending (--no-wait)."""
     entry = {"tuned": [{"lr": run.lr, "wd": run.wd, "status": r["status"], "error": r.get("error"),
                         "val_acc1": (r.get("final") or {}).get("test_acc1")} for run, r in tuned],
-             "chosen": chosen, "finals": []}
-    if chosen is None:
-        entry["error"] = "no (lr, wd) pair of the tuning grid trained"
-        return entry
-    finals = [make_run(plan, base, task, method, "final", seed, *chosen) for seed in plan.seeds]
-    refuse_changed_recipes([(run, runs_dir, values, {}) for run in finals])
-    for run in finals:
-        r = _attempt(run, runs_dir, values, f"{head} final lr {chosen[0]:g} wd {chosen[1]:g} seed {run.seed}:")
-        entry["finals"].append({"seed": run.seed, "status": r["status"], "error": r.get("error"),
-                                "test_acc1": (r.get("final") or {}).get("test_acc1")})
+             "chosen": None, "finals": []}
+    if any(r["status"] == "pending" for _, r in tuned):
+        entry["error"] = "the tuning grid is still running (submitted with --no-wait); run the command again"
+    else:
+        entry["chosen"] = choose(tuned)
+        if entry["chosen"] is None:
+            entry["error"] = "no (lr, wd) pair of the tuning grid trained"
     return entry
 
 
@@ -397,7 +412,8 @@ def main(args, base: dict) -> dict:
     if args.plan:
         return print_plan(plan, base, args.bench, args.measure)
     check_tasks(plan, base)
-    results = run_plan(plan, out, base)
+    from ..grid import LaunchOptions
+    results = run_plan(plan, out, base, LaunchOptions.from_args(args))
     rows = table_rows(plan, results)
     write_outputs(plan, rows, results, out)
     print((out / "table.md").read_text(encoding="utf-8"))

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from ..errors import LoreError
 from ..io import atomic_write_json, atomic_write_text
-from ..cells import attempt
 from ..sweep import Cell, Dataset, cell_config, refuse_changed_recipes
 from .tables import Group, Table, dataset_groups, published_columns, published_rows
 
@@ -64,9 +63,11 @@ def cells(grid: Grid, data_root: Path) -> list[tuple[Group, Cell]]:
 
 
 def run_grid(grid: Grid, data_root: Path, out: Path, base: dict,
-             shots_cap: int | None = None) -> dict[tuple, dict]:
-    """Every cell's result: {"status": done | failed | missing, "final": ..., "error": ...}."""
+             shots_cap: int | None = None, launch=None) -> dict[tuple, dict]:
+    """Every cell's result: {"status": done | failed | missing, "final": ..., "error": ...}, the
+    cells run on the launcher (:mod:`lore.grid`; default: one after another in this process)."""
     from ..data.catalog import missing
+    from ..grid import run_phase
 
     todo = cells(grid, data_root)
     results: dict[tuple, dict] = {}
@@ -76,16 +77,19 @@ def run_grid(grid: Grid, data_root: Path, out: Path, base: dict,
                              {"recipe_backbone": group.backbone, "shots_cap": shots_cap})
                             for group, cell in todo if not absent[cell.dataset.name]])
     out.mkdir(parents=True, exist_ok=True)  # only now: a refused grid leaves no empty --out behind
+    runnable: dict[tuple, tuple] = {}
     for i, (group, cell) in enumerate(todo, 1):
         key = (group.tag, cell.method, cell.dataset.name, cell.shots, cell.seed)
         prefix = f"[{i}/{len(todo)}] {group.tag} / {cell.label()}:"
         if absent[cell.dataset.name]:
-            results[key] = {"status": "missing", "error": f"not run: {absent[cell.dataset.name]}"}
-            print(f"{prefix} {results[key]['error']}", file=sys.stderr)
+            print(f"{prefix} not run: {absent[cell.dataset.name]}", file=sys.stderr)
             continue
-        cfg = cell_config(cell, out / "runs" / group.tag, _cell_values(base, group),
-                          recipe_backbone=group.backbone, shots_cap=shots_cap)
-        results[key] = attempt(cfg, prefix)
+        runnable[key] = (cell_config(cell, out / "runs" / group.tag, _cell_values(base, group),
+                                     recipe_backbone=group.backbone, shots_cap=shots_cap), prefix)
+    outcomes = dict(zip(runnable, run_phase(out, "paper", list(runnable.values()), launch)))
+    for group, cell in todo:
+        key = (group.tag, cell.method, cell.dataset.name, cell.shots, cell.seed)
+        results[key] = outcomes.get(key) or {"status": "missing", "error": f"not run: {absent[cell.dataset.name]}"}
     return results
 
 

@@ -164,3 +164,19 @@ def test_a_cell_on_two_tasks_trains_once_under_ddp_as_one_process_would(cluster,
     assert [m["epoch"] for m in ddp] == [1, 2]
     for a, b in zip(ddp, single):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["train_acc"] == pytest.approx(b["train_acc"])
+
+
+def test_without_submitit_or_with_a_refused_submission_one_line(cluster, tmp_path: Path, monkeypatch) -> None:
+    from lore.errors import LoreError
+
+    cell = tmp_path / "cells" / "tune" / "00000.json"
+    cell.parent.mkdir(parents=True)
+    cell.write_text(json.dumps({"config": {"out": str(tmp_path / "run")}, "prefix": "[1/1]"}))
+    opts = LaunchOptions(launcher="slurm", slurm_partition="no-such-partition", slurm_gpus_per_job=0)
+    with pytest.raises(LoreError, match=r"^--launcher slurm: sbatch refused the job array of phase tune: .*"
+                                        r"[Pp]artition") as e:
+        slurm.launch([cell], opts, tmp_path / "slurm", wait=True)
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(slurm, "submitit", None)
+    with pytest.raises(LoreError, match=r"^--launcher slurm needs submitit: pip install 'lore\[slurm\]'$"):
+        slurm.launch([cell], opts, tmp_path / "slurm", wait=True)

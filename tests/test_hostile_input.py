@@ -840,3 +840,14 @@ def test_a_task_every_run_of_which_would_fail_is_named_once_before_the_grid(tmp_
     line = one_error_line(err)
     assert "task kitti (vtab-tune)" in line and "2 classes ('class 2' (label 2), 'class 3' (label 3)) have no image" in line
     assert err.count("no image") == 1 and not out.exists()
+
+
+def test_a_project_folder_with_its_own_config_yaml_is_no_run_directory(tmp_path: Path) -> None:
+    from lore.io import check_output_dir, check_output_file
+
+    project = tmp_path / "project"  # many projects keep a config.yaml at the top, their runs below
+    project.mkdir()
+    (project / "config.yaml").write_text("seed: 1\n")
+    assert check_output_dir(project / "runs" / "x") == project / "runs" / "x"
+    assert check_output_file(project / "preds" / "p.csv") == project / "preds" / "p.csv"
+    check_output_dir(project, allow_run=False)

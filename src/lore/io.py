@@ -342,8 +342,10 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out", allow_run: bo
 
 def refuse_run_folder(path: str | os.PathLike, flag: str = "--out", allow_run: bool = False) -> None:
     """An output folder is never inside a run directory, nor (unless ``allow_run``) one itself."""
+    from .rundir import written_by_train
+
     path = Path(path)
-    if not allow_run and is_run_dir(path):
+    if not allow_run and written_by_train(path):
         raise LoreError(f"{flag} {path} is a run directory; its folder holds only what `lore train` writes "
                         "(give a folder of its own)")
     _refuse_inside_run(path, flag)

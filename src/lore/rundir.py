@@ -38,11 +38,21 @@ def is_run_dir(folder: str | os.PathLike) -> bool:
     return (folder / CONFIG).is_file() or (folder / MODEL).is_file()
 
 
+def written_by_train(folder: str | os.PathLike) -> bool:
+    """``is_run_dir`` with evidence beyond a ``config.yaml`` (which a project folder above the
+    runs may hold too): model.json, or config.yaml beside the lock, metrics or checkpoints."""
+    folder = Path(folder)
+    if (folder / MODEL).is_file():
+        return True
+    return (folder / CONFIG).is_file() and any((folder / name).exists()
+                                               for name in (LOCK, METRICS, FINAL, CHECKPOINTS, FEWSHOT))
+
+
 def enclosing_run(path: str | os.PathLike) -> Path | None:
     """The run directory strictly above ``path`` (``RUN/checkpoints/x`` -> ``RUN``), if any: another
     command writing there would replace or mix with a run's own state."""
     for folder in Path(os.path.abspath(path)).parents:
-        if is_run_dir(folder):
+        if written_by_train(folder):
             return folder
     return None
 

@@ -115,6 +115,9 @@ def run_distributed(cell_file: str, rank: int) -> dict:
 
     # MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK as torchrun sets them; lore pins the GPU itself
     submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    import torch
+    if torch.cuda.is_available() and torch.cuda.device_count() == 1:
+        os.environ["LOCAL_RANK"] = "0"  # the cluster bound one GPU to this task: it is cuda:0 here
     cfg, _ = worker.read_cell_file(cell_file)
     init_distributed(resolve_device(cfg.device).type)
     run_dir = Path(cfg.out).absolute()

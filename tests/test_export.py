@@ -106,3 +106,18 @@ def test_the_readme_onnxruntime_snippet_gives_lore_predicts_probabilities(lore_r
         names = scope["meta"]["classnames"]
         for k in range(1, len(names) + 1):
             assert probs[names.index(row[f"class_{k}"])] == pytest.approx(row[f"probability_{k}"], abs=2e-5)
+
+
+def test_a_description_that_cannot_be_staged_publishes_nothing_and_names_the_real_file(lore_run: Path, tmp_path: Path,
+                                                                                      monkeypatch, capsys) -> None:
+    import lore.io
+
+    def full(path, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(lore.io, "atomic_write_json", full)
+    out = tmp_path / "m.onnx"
+    assert lore_cli("export", "--run", lore_run, "--out", out) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"cannot write {out.with_suffix('.json')} (No space left on device)" in line and ".m.onnx." not in line
+    assert list(tmp_path.iterdir()) == []

@@ -178,7 +178,11 @@ def main(args: argparse.Namespace) -> dict:
                             "written")
         info = _description(args, out, run_dir, meta, img_size, opset, diff, cfg, model, __version__)
         staged_json = tmp / side.name
-        atomic_write_json(staged_json, info)
+        try:
+            atomic_write_json(staged_json, info)
+        except (LoreError, OSError) as e:  # said of the file the user asked for, not the staging copy
+            reason = getattr(e, "strerror", None) or str(e).replace(str(staged_json), side.name)
+            raise LoreError(f"--out {out}: cannot write {side} ({reason}); nothing was published") from None
         # the .onnx file (and, for >2 GB models, its weights), its description last: both or neither
         for f in sorted(p for p in tmp.iterdir() if p != staged_json):
             os.replace(f, out.parent / f.name)

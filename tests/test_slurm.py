@@ -110,6 +110,8 @@ def test_a_requeued_task_resumes_its_cell_from_the_checkpoint(cluster, tmp_path:
             "--epochs", str(epochs), *CELL, "--out", str(out), *SLURM]
     main([*grid, "--no-wait"])  # the table is not complete yet: the cell is still queued
     job = re.search(r"SLURM job array (\d+)", capsys.readouterr().err).group(1)
+    main([*grid, "--no-wait"])  # again, while that array is queued or running: nothing new submitted
+    assert f"SLURM job array {job} of an earlier invocation is still queued or running" in capsys.readouterr().err
     run = out / "colors" / "vpt-shallow" / "2shot" / "seed1"
     metrics = run / "metrics.jsonl"
     wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 2, 120, "two epochs", out)

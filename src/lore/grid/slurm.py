@@ -6,7 +6,10 @@ preempted or to reach its ``--slurm-time`` (``USR2``, ``signal_delay_s`` before 
 calls its ``checkpoint()``, which resubmits the same call, and requeues the task. The requeued task
 runs the same cell file again, and the worker resumes the run from its last checkpoint (a task
 killed outright, e.g. ``scontrol requeue``, resumes the same way). Logs and submitit's files
-(the batch script, pickles, stdout / stderr of every task) go under ``OUT/slurm/<job id>/``.
+(the batch script, pickles, stdout / stderr of every task) go under ``OUT/slurm/<job id>/``;
+``OUT/slurm/<phase>.json`` names the array a phase last submitted, so running the same command
+again while it is queued or running waits for it (or, with ``--no-wait``, leaves it) instead of
+submitting the cells twice, and cells that already hold a finished run are never submitted.
 
 A cell with ``--slurm-gpus-per-job G > 1`` is one job of G tasks on one node, one GPU each; the
 tasks join one DDP process group from submitit's environment, as ``torchrun`` would set it.

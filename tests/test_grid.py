@@ -87,7 +87,7 @@ def test_worker_killed_mid_cell_is_resumed(colors, inline_grid, tmp_path, capsys
     while victim is None and proc.poll() is None and time.time() < deadline:
         victim = next((c for c in out.glob("c/linear/*shot/seed*")
                        if list(c.glob("checkpoints/*.safetensors")) and not (c / "final.json").exists()), None)
-        time.sleep(0.01)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert victim is not None and not (victim / "final.json").exists()

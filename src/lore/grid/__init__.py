@@ -132,7 +132,7 @@ def collect(cells: list[tuple[object, str]], run_dirs: list[Path], results: dict
     cells left unfinished (their worker died, or nobody reached them) are run here."""
     from .worker import run_cell
 
-    waiting_since, reported = time.monotonic(), time.monotonic()
+    waiting_since, reported = time.monotonic(), None
     todo = [i for i in range(len(cells)) if results.get(i, {}).get("status") not in ("done", "failed")]
     while todo:
         busy = []
@@ -146,7 +146,7 @@ def collect(cells: list[tuple[object, str]], run_dirs: list[Path], results: dict
                 results[i] = o
         todo = busy
         if todo:
-            if time.monotonic() - reported >= WAIT_REPORT_SECONDS or reported == waiting_since:
+            if reported is None or time.monotonic() - reported >= WAIT_REPORT_SECONDS:
                 print(f"grid phase {phase}: waiting for {len(todo)} cell(s) held by other processes "
                       f"(first: {run_dirs[todo[0]]}), {time.monotonic() - waiting_since:.0f} s so far",
                       file=sys.stderr)

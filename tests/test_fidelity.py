@@ -180,7 +180,7 @@ def test_white_box_runs_float32_under_autocast(monkeypatch):
 
     torch.manual_seed(0)
     model = build_model("lore", "vit_small_patch16_224", 4, pretrained=False, backbone_args=TINY,
-                        knowledge=torch.randn(4, 24), negative="model").train()
+                        knowledge=torch.randn(4, 24), negative="model", wb_norm="batch").train()
     seen = []
     real = lin_mod.knn_indices
     monkeypatch.setattr(lin_mod, "knn_indices", lambda x, k: seen.append((x.dtype, real(x, k))) or seen[-1][1])

@@ -13,7 +13,7 @@ from conftest import TINY, TINY_BACKBONE, lore_cli
 from lore import knowledge as knowledge_mod
 from lore.checkpoint import load_run
 from lore.models import build_model
-from lore.whitebox import KLA
+from lore.whitebox import KLA, LIN
 
 
 def _tiny_lore(num_classes=4, **kw):
@@ -186,3 +186,38 @@ def test_dry_run_matches_reference_budget(tmp_path, capsys):
     assert abs(summary["trainable_params"] - 9.1e6) / 9.1e6 < 0.10, summary
     assert summary["gflops"] / summary["gflops_backbone"] <= 1.15
     assert "trainable parameters" in capsys.readouterr().out
+
+
+def _module_tree(model: torch.nn.Module) -> list[tuple]:
+    return ([(name, type(m).__name__) for name, m in model.named_modules()]
+            + [(name, tuple(p.shape)) for name, p in model.named_parameters()]
+            + [(name, tuple(b.shape)) for name, b in model.named_buffers() if b is not None])
+
+
+def test_build_model_builds_the_model_lore_train_builds():
+    """One default per option: the Python API and `lore train --method lore` give the same White Box
+    (LayerNorm / GroupNorm, not the reference's BatchNorm), the same options and the same weights."""
+    from lore.cli import _parse
+    from lore.config import from_args
+    from lore.runs import resolve_backbone_defaults
+    from lore.train import build_from_config
+
+    k = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1)
+    cfg = resolve_backbone_defaults(from_args(_parse(["train", "--method", "lore", *TINY_BACKBONE,
+                                                      "--dry-run", "--num-classes", "4"])))
+    trained = build_from_config(cfg, 4, knowledge=k)
+    torch.manual_seed(cfg.seed)
+    built = build_model("lore", "vit_small_patch16_224", num_classes=4, pretrained=False, backbone_args=TINY,
+                        knowledge=k)
+    assert _module_tree(built) == _module_tree(trained)
+    assert built.options == trained.options
+    assert built.options["wb_norm"] == "layer" and built.options["negative"] == "model"
+    norms = {type(m).__name__ for m in [*built.lin.modules(), *built.pg.modules()]}
+    assert {"GroupNorm", "LayerNorm"} <= norms and "BatchNorm1d" not in norms
+    for (name, a), (_, b) in zip(built.trainable_state_dict().items(), trained.trainable_state_dict().items()):
+        assert torch.equal(a, b), name
+    # the reference's form is one option away, and the layers below have no default of their own
+    reference = build_model("lore", built.black_box, num_classes=4, knowledge=k, wb_norm="batch")
+    assert "BatchNorm1d" in {type(m).__name__ for m in reference.pg.modules()}
+    with pytest.raises(TypeError):
+        LIN(64, k=9, blocks=1, variant="vig")  # norm missing

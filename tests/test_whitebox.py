@@ -13,6 +13,22 @@ from lore.losses import kp_loss
 from lore.whitebox import KLA, LIN, PromptGenerator, knn_indices, max_relative, topn_filter
 
 
+def ref_lin(dim: int, **options) -> LIN:
+    """LIN in the reference code's form (ViG block, k = 9, BatchNorm); ``options`` override it."""
+    return LIN(dim, **{"k": 9, "blocks": 1, "variant": "vig", "norm": "batch", **options})
+
+
+def ref_kla(dim: int, knowledge_dim: int, **options) -> KLA:
+    """KLA in the reference code's form (top-9, zero fill); ``options`` override it."""
+    return KLA(dim, knowledge_dim, **{"topn": 9, "variant": "code", **options})
+
+
+def ref_pg(dim: int, depth: int, **options) -> PromptGenerator:
+    """The Prompt Generator in the reference code's form (n = 2, r = 32, dropout 0.1, BatchNorm)."""
+    return PromptGenerator(dim, depth, **{"num_prompts": 2, "bottleneck": 32, "dropout": 0.1, "norm": "batch",
+                                          **options})
+
+
 def n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -62,7 +78,7 @@ def test_max_relative_matches_definition() -> None:
 
 @pytest.mark.parametrize("variant", ["vig", "paper"])
 def test_lin_shapes(variant: str) -> None:
-    lin = LIN(16, k=4, blocks=2, variant=variant)
+    lin = ref_lin(16, k=4, blocks=2, variant=variant)
     assert lin(torch.randn(2, 3, 4, 16)).shape == (2, 3, 4, 16)
     assert lin(torch.randn(2, 12, 16)).shape == (2, 12, 16)
     assert lin(torch.randn(2, 3, 16)).shape == (2, 3, 16)  # k clamped to the 3 tokens
@@ -71,7 +87,7 @@ def test_lin_shapes(variant: str) -> None:
 
 
 def test_lin_default_parameter_count_d768() -> None:
-    lin = LIN(768)
+    lin = ref_lin(768)
     assert n_params(lin) == 7_098_624
     block = lin.blocks[0]
     assert n_params(block.grapher.fc1) == 592_128
@@ -85,7 +101,7 @@ def test_lin_default_parameter_count_d768() -> None:
 @pytest.mark.parametrize("variant", ["vig", "paper"])
 def test_lin_init_kaiming_zero_bias(variant: str) -> None:
     torch.manual_seed(0)
-    lin = LIN(64, variant=variant)
+    lin = ref_lin(64, variant=variant)
     for m in lin.modules():
         if isinstance(m, (nn.Conv1d, nn.Linear)):
             assert torch.equal(m.bias, torch.zeros_like(m.bias))
@@ -97,7 +113,7 @@ def test_lin_init_kaiming_zero_bias(variant: str) -> None:
 def test_lin_is_permutation_equivariant(variant: str) -> None:
     # The graph depends on feature similarity only, never on token position.
     torch.manual_seed(0)
-    lin = LIN(16, k=4, variant=variant).eval()
+    lin = ref_lin(16, k=4, variant=variant).eval()
     x = torch.randn(2, 12, 16)
     perm = torch.randperm(12)
     with torch.no_grad():
@@ -108,7 +124,7 @@ def test_lin_is_permutation_equivariant(variant: str) -> None:
 def test_lin_token_output_depends_only_on_its_neighbours(variant: str) -> None:
     # One block: token 0's output changes when one of its kNN neighbours changes, not otherwise.
     torch.manual_seed(0)
-    lin = LIN(8, k=3, variant=variant).eval()
+    lin = ref_lin(8, k=3, variant=variant).eval()
     x = torch.randn(1, 10, 8)
     with torch.no_grad():
         graph_in = lin.blocks[0].grapher.fc1(x.transpose(1, 2)).transpose(1, 2) if variant == "vig" else x
@@ -124,7 +140,7 @@ def test_lin_token_output_depends_only_on_its_neighbours(variant: str) -> None:
 @pytest.mark.parametrize("variant", ["vig", "paper"])
 def test_lin_gradients(variant: str) -> None:
     torch.manual_seed(0)
-    lin = LIN(16, k=4, blocks=2, variant=variant)
+    lin = ref_lin(16, k=4, blocks=2, variant=variant)
     e0 = torch.randn(3, 4, 4, 16)  # frozen patch embedding: no grad
     (lin(e0) * torch.randn(3, 4, 4, 16)).sum().backward()
     assert_all_params_get_grad(lin)
@@ -133,11 +149,11 @@ def test_lin_gradients(variant: str) -> None:
 
 def test_lin_rejects_bad_options() -> None:
     with pytest.raises(ValueError):
-        LIN(16, variant="other")  # type: ignore[arg-type]
+        ref_lin(16, variant="other")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        LIN(5, groups=4)  # 2 * 5 = 10 channels do not split into 4 groups
+        ref_lin(5, groups=4)  # 2 * 5 = 10 channels do not split into 4 groups
     with pytest.raises(ValueError):
-        LIN(16, k=0)
+        ref_lin(16, k=0)
 
 
 # --------------------------------------------------------------------------------------- KLA
@@ -152,7 +168,7 @@ def test_topn_filter_keeps_exactly_n() -> None:
 
 def _kla_with_known_scores(variant: str) -> tuple[KLA, torch.Tensor, torch.Tensor]:
     """4 patches on a 2x2 grid, W_k = I, tokens i * e_i, query (1, 1, 1, 1): Q K^T = [1, 2, 3, 4]."""
-    kla = KLA(4, 4, topn=2, variant=variant).eval()
+    kla = ref_kla(4, 4, topn=2, variant=variant).eval()
     with torch.no_grad():
         kla.w_k.weight.copy_(torch.eye(4))
     e_hat = torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0]))[None]  # (1, 4, 4)
@@ -180,7 +196,7 @@ def test_kla_paper_topn_minus_inf() -> None:
 
 
 def test_kla_code_needs_grid_height_for_non_square() -> None:
-    kla = KLA(8, 6)
+    kla = ref_kla(8, 6)
     e_hat, q = torch.randn(2, 6, 8), torch.randn(3, 6)
     with pytest.raises(ValueError):
         kla(e_hat, q)
@@ -190,7 +206,7 @@ def test_kla_code_needs_grid_height_for_non_square() -> None:
 
 @pytest.mark.parametrize("variant", ["code", "paper"])
 def test_kla_shapes(variant: str) -> None:
-    kla = KLA(16, 8, topn=3, variant=variant)
+    kla = ref_kla(16, 8, topn=3, variant=variant)
     e_hat = torch.randn(2, 9, 16)
     protos, attn = kla(e_hat, torch.randn(5, 8))
     assert protos.shape == (2, 5, 16) and attn.shape == (2, 5, 9)
@@ -206,7 +222,7 @@ def test_kla_shapes(variant: str) -> None:
 @pytest.mark.parametrize("variant", ["code", "paper"])
 def test_kla_forward_rows_equals_all_classes(variant: str) -> None:
     torch.manual_seed(0)
-    kla = KLA(16, 8, topn=3, variant=variant)
+    kla = ref_kla(16, 8, topn=3, variant=variant)
     if variant == "paper":
         kla.eval()  # train-mode BatchNorm statistics depend on which rows are in the batch
     b, c = 4, 7
@@ -223,7 +239,7 @@ def test_kla_forward_rows_equals_all_classes(variant: str) -> None:
 @pytest.mark.parametrize("variant", ["code", "paper"])
 def test_kla_gradients(variant: str) -> None:
     torch.manual_seed(0)
-    kla = KLA(16, 8, topn=3, variant=variant)
+    kla = ref_kla(16, 8, topn=3, variant=variant)
     e_hat = torch.randn(3, 9, 16, requires_grad=True)
     knowledge = torch.randn(5, 8)  # frozen text embeddings
     protos, _ = kla.forward_rows(e_hat, knowledge[torch.tensor([[0, 1], [2, 3], [4, 0]])])
@@ -236,7 +252,7 @@ def test_kla_gradients(variant: str) -> None:
 # ---------------------------------------------------------------------------------------- PG
 
 def test_pg_shapes() -> None:
-    pg = PromptGenerator(16, depth=3, num_prompts=2, bottleneck=4)
+    pg = ref_pg(16, depth=3, num_prompts=2, bottleneck=4)
     y, u = pg(torch.randn(5, 9, 16))
     assert y.shape == (5, 16) and u.shape == (5, 3, 2, 16)
     y, u = pg(torch.randn(5, 3, 3, 16))
@@ -244,12 +260,12 @@ def test_pg_shapes() -> None:
 
 
 def test_pg_parameter_count_d768() -> None:
-    assert n_params(PromptGenerator(768, depth=12, num_prompts=2, bottleneck=32)) == 719_808
+    assert n_params(ref_pg(768, depth=12, num_prompts=2, bottleneck=32)) == 719_808
 
 
 def test_pg_init_and_pooling() -> None:
     torch.manual_seed(0)
-    pg = PromptGenerator(16, depth=2, bottleneck=4).eval()
+    pg = ref_pg(16, depth=2, bottleneck=4).eval()
     for m in pg.modules():
         if isinstance(m, nn.Linear):
             assert torch.equal(m.bias, torch.zeros_like(m.bias))
@@ -263,7 +279,7 @@ def test_pg_init_and_pooling() -> None:
 
 def test_pg_gradients() -> None:
     torch.manual_seed(0)
-    pg = PromptGenerator(16, depth=3, bottleneck=4)
+    pg = ref_pg(16, depth=3, bottleneck=4)
     e_hat = torch.randn(4, 9, 16)  # frozen input: no grad
     y, u = pg(e_hat)
     ((y * torch.randn_like(y)).sum() + (u * torch.randn_like(u)).sum()).backward()

@@ -7,7 +7,7 @@ Training adds: KLA on the rows of the true and wrong class, and L = L_task + lam
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +29,13 @@ class LORE(AdaptedViT):
     """LORE: the frozen Black Box with global prompts and the White Box (LIN -> PG) generating
     locality-aware prompts; in training, KLA's K-L prototypes guide the PG through L_kp.
 
-    ``negative`` says where the wrong class p of L_kp comes from. ``lore train`` resolves it as the
-    reference does (``zeroshot`` on a CLIP backbone: frozen zero-shot predictions handed over with
-    :meth:`set_negatives`); built directly, the default ``model`` uses the current prediction;
-    ``probe``: a fixed table from a linear probe on the frozen features (also via set_negatives).
+    Every option is passed explicitly: their defaults live in :class:`LOREOptions` only, and
+    ``build_model("lore", ...)`` fills them from there as ``lore train`` does.
+
+    ``negative`` says where the wrong class p of L_kp comes from: ``zeroshot`` (frozen zero-shot
+    CLIP predictions handed over with :meth:`set_negatives`, the default on a CLIP backbone, as the
+    reference), ``model`` (the current prediction, the default otherwise), ``probe`` (a fixed table
+    from a linear probe on the frozen features, also via set_negatives) or ``none``.
 
     ``learn_knowledge``: with no knowledge matrix, learn a (num_classes, knowledge_dim) class
     embedding with the White Box instead (used by KLA in training only, as the frozen one).
@@ -42,11 +45,10 @@ class LORE(AdaptedViT):
     method = "lore"
 
     def __init__(self, black_box: BlackBox, num_classes: int, knowledge: torch.Tensor | None = None,
-                 knowledge_dim: int | None = None, global_prompts: int = 8, local_prompts: int = 2,
-                 lin_blocks: int = 1, lin_k: int = 9, lin_variant: str = "vig", kla_topn: int = 9,
-                 kla_variant: str = "code", bottleneck: int = 32, pg_dropout: float = 0.1, kp: bool = True,
-                 kp_weight: float = 0.1, negative: str = "model", wb_norm: str = "batch",
-                 learn_knowledge: bool = False):
+                 knowledge_dim: int | None = None, *, global_prompts: int, local_prompts: int,
+                 lin_blocks: int, lin_k: int, lin_variant: str, kla_topn: int, kla_variant: str,
+                 bottleneck: int, pg_dropout: float, kp: bool, kp_weight: float, negative: str,
+                 wb_norm: str, learn_knowledge: bool = False):
         if negative not in NEGATIVES:
             raise LoreError(f"--negative {negative!r}: choose one of {NEGATIVES}")
         if learn_knowledge and knowledge is not None:
@@ -135,7 +137,8 @@ class LORE(AdaptedViT):
         if self.negatives is not None and index is not None:
             return self.negatives[index]
         if self.negative in ("zeroshot", "probe"):
-            raise RuntimeError(f"negative={self.negative!r} needs set_negatives() before training")
+            raise RuntimeError(f"negative={self.negative!r} needs set_negatives() before training (lore train "
+                               "sets it); build with negative='model' to take p from the current prediction")
         return logits.detach().argmax(dim=-1)
 
     def kla_attention(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -179,7 +182,7 @@ def _lore_options(cfg) -> dict:
                 lin_blocks=cfg.lin_blocks, lin_k=cfg.lin_k, lin_variant=cfg.lin_variant,
                 kla_topn=cfg.kla_topn, kla_variant=cfg.kla_variant, bottleneck=cfg.bottleneck,
                 pg_dropout=cfg.pg_dropout, kp=cfg.kp, kp_weight=cfg.kp_weight,
-                negative=cfg.negative or "model", wb_norm=cfg.wb_norm, learn_knowledge=cfg.kp and learned,
+                negative=cfg.negative, wb_norm=cfg.wb_norm, learn_knowledge=cfg.kp and learned,
                 # the width of a learned class embedding, or of --dry-run's stand-in knowledge
                 knowledge_dim=learned_width(cfg.knowledge) if learned else cfg.knowledge_dim)
 
@@ -201,9 +204,13 @@ def _lore_sentences(cfg) -> list[str]:
     return read_templates(template)
 
 
+def default_negative(negative: str | None, clip: bool) -> str:
+    """--negative, else the reference's choice: zero-shot CLIP when the backbone has a text tower."""
+    return negative or ("zeroshot" if clip else "model")
+
+
 def _lore_defaults(cfg, clip: bool) -> dict:
-    # the reference takes the wrong class p from zero-shot CLIP when the backbone has a text tower
-    return {"negative": cfg.negative or ("zeroshot" if clip else "model")}
+    return {"negative": default_negative(cfg.negative, clip)}
 
 
 def _lore_describe(cfg) -> str:
@@ -216,7 +223,9 @@ def _lore_describe(cfg) -> str:
 
 
 def _lore_bench(black_box: BlackBox, num_classes: int) -> dict:
-    return {"knowledge": torch.nn.functional.normalize(torch.randn(num_classes, 512), dim=-1), "kp": True}
+    # p from the current prediction: the step costs the same as with a fixed table, which bench has not
+    return {"knowledge": torch.nn.functional.normalize(torch.randn(num_classes, 512), dim=-1), "kp": True,
+            "negative": "model"}
 
 
 @register("lore", config=LOREOptions, order=100, options=_lore_options, needs_knowledge=_lore_needs_knowledge,
@@ -226,5 +235,9 @@ def _lore_bench(black_box: BlackBox, num_classes: int) -> dict:
           labels=lambda options: "lore (w/o L_kp)" if options.get("kp") is False else "lore",
           bench=True, bench_options=_lore_bench)
 def _lore(black_box: BlackBox, num_classes: int, global_prompts: int | None = None, **options) -> LORE:
+    """Options not given take :class:`LOREOptions`' defaults, so ``build_model("lore", ...)`` builds
+    the model ``lore train --method lore`` builds."""
+    options = {**{f.name: f.default for f in fields(LOREOptions)}, **options}
+    options["negative"] = default_negative(options["negative"], black_box.is_clip)
     return LORE(black_box, num_classes, global_prompts=8 if global_prompts is None else global_prompts,
                 **options)

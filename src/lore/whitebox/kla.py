@@ -57,7 +57,7 @@ class KLA(nn.Module):
     Args:
         dim: token width D of E^ (and of the prototypes).
         knowledge_dim: width d_q of the knowledge embeddings (512 for CLIP ViT-B/16's text tower).
-        topn: scores kept per query row (N = 9 by default).
+        topn: scores kept per query row (N; LORE's ``--kla-topn``, 9 by default).
         variant: ``"code"`` (reference) or ``"paper"``; see the module docstring.
 
     Shapes:
@@ -69,7 +69,7 @@ class KLA(nn.Module):
     :meth:`forward_rows` and the all-classes call agree exactly for that variant.
     """
 
-    def __init__(self, dim: int, knowledge_dim: int, topn: int = 9, variant: KLAVariant = "code") -> None:
+    def __init__(self, dim: int, knowledge_dim: int, *, topn: int, variant: KLAVariant) -> None:
         super().__init__()
         if variant not in ("code", "paper"):
             raise ValueError(f"KLA variant must be 'code' or 'paper', got {variant!r}")

@@ -92,7 +92,7 @@ def _interleave(x: Tensor, rel: Tensor) -> Tensor:
     return torch.stack((x, rel), dim=-1).flatten(-2)
 
 
-def _conv_bn(c_in: int, c_out: int, groups: int = 1, norm: Norm = "batch") -> nn.Sequential:
+def _conv_bn(c_in: int, c_out: int, norm: Norm, groups: int = 1) -> nn.Sequential:
     """1x1 conv (with bias) + normalisation (BatchNorm in the reference) on a (B, C, N) layout."""
     return nn.Sequential(nn.Conv1d(c_in, c_out, kernel_size=1, groups=groups), token_norm(norm, c_out))
 
@@ -103,7 +103,7 @@ class Grapher(nn.Module):
     Shapes: forward((B, D, N)) -> (B, D, N).
     """
 
-    def __init__(self, dim: int, k: int, groups: int, norm: Norm = "batch") -> None:
+    def __init__(self, dim: int, k: int, groups: int, norm: Norm) -> None:
         super().__init__()
         self.k = k
         self.fc1 = _conv_bn(dim, dim, norm=norm)
@@ -123,7 +123,7 @@ class FFN(nn.Module):
     Shapes: forward((B, D, N)) -> (B, D, N).
     """
 
-    def __init__(self, dim: int, hidden: int, norm: Norm = "batch") -> None:
+    def __init__(self, dim: int, hidden: int, norm: Norm) -> None:
         super().__init__()
         self.fc1 = _conv_bn(dim, hidden, norm=norm)
         self.fc2 = _conv_bn(hidden, dim, norm=norm)
@@ -135,7 +135,7 @@ class FFN(nn.Module):
 class ViGBlock(nn.Module):
     """One reference LIN block: Grapher then FFN. Shapes: (B, D, N) -> (B, D, N)."""
 
-    def __init__(self, dim: int, k: int, groups: int, norm: Norm = "batch") -> None:
+    def __init__(self, dim: int, k: int, groups: int, norm: Norm) -> None:
         super().__init__()
         self.grapher = Grapher(dim, k, groups, norm)
         self.ffn = FFN(dim, 4 * dim, norm)
@@ -175,14 +175,15 @@ class LIN(nn.Module):
         norm: the ``"vig"`` form's normalisation: ``"batch"`` (reference), ``"layer"`` or ``"none"``
             (see :mod:`lore.whitebox.norm`).
 
+    The options have no defaults here: LORE's options (``lore.models.lore.LOREOptions``) hold them.
+
     Shapes:
         forward(e0: (B, h, w, D) or (B, N, D)) -> E^ with the same shape as ``e0``.
 
     BatchNorm (``"vig"``) uses batch statistics in training mode: train with B * N > 1.
     """
 
-    def __init__(self, dim: int, k: int = 9, blocks: int = 1, variant: LINVariant = "vig", groups: int = 4,
-                 norm: Norm = "batch") -> None:
+    def __init__(self, dim: int, *, k: int, blocks: int, variant: LINVariant, norm: Norm, groups: int = 4) -> None:
         super().__init__()
         if variant not in ("vig", "paper"):
             raise ValueError(f"LIN variant must be 'vig' or 'paper', got {variant!r}")

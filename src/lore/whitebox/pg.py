@@ -30,14 +30,16 @@ class PromptGenerator(nn.Module):
         dropout: dropout on the generated prompts.
         norm: ``"batch"`` (reference BatchNorm1d), ``"layer"`` (LayerNorm) or ``"none"``.
 
+    The options have no defaults here: LORE's options (``lore.models.lore.LOREOptions``) hold them.
+
     Shapes:
         forward(e_hat: (B, N, D) or (B, h, w, D)) -> (Y: (B, D), U: (B, L, n, D))
 
     BatchNorm uses batch statistics in training mode: train with B > 1.
     """
 
-    def __init__(self, dim: int, depth: int, num_prompts: int = 2, bottleneck: int = 32, dropout: float = 0.1,
-                 norm: Norm = "batch") -> None:
+    def __init__(self, dim: int, depth: int, *, num_prompts: int, bottleneck: int, dropout: float,
+                 norm: Norm) -> None:
         super().__init__()
         self.dim, self.depth, self.num_prompts = dim, depth, num_prompts
         out = depth * num_prompts * dim

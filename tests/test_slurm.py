@@ -182,3 +182,18 @@ def test_without_submitit_or_with_a_refused_submission_one_line(cluster, tmp_pat
     monkeypatch.setattr(slurm, "submitit", None)
     with pytest.raises(LoreError, match=r"^--launcher slurm needs submitit: pip install 'lore\[slurm\]'$"):
         slurm.launch([cell], opts, tmp_path / "slurm", wait=True)
+
+
+def test_a_cell_its_task_left_unfinished_is_recorded_as_failed_naming_the_log(tmp_path: Path) -> None:
+    from lore.grid.worker import recorded_failure
+
+    runs = {name: tmp_path / name for name in ("crashed", "finished")}
+    runs["finished"].mkdir()
+    (runs["finished"] / "final.json").write_text(json.dumps({"test_acc1": 0.5}))
+    for name, run in runs.items():
+        cell = tmp_path / f"{name}.json"
+        cell.write_text(json.dumps({"config": {"out": str(run)}, "prefix": name}))
+        slurm.record_unfinished(cell, tmp_path / "slurm" / "7_0" / "7_0_0_log.err")
+    assert recorded_failure(runs["crashed"]) == \
+        f"its SLURM task ended without finishing it; see {tmp_path / 'slurm' / '7_0' / '7_0_0_log.err'}"
+    assert recorded_failure(runs["finished"]) is None

@@ -180,7 +180,26 @@ def launch(cell_files: list[Path], opts: LaunchOptions, log_dir: Path, wait: boo
         print(f"grid phase {phase}: stopped waiting; SLURM job array {job_id} goes on (scancel {job_id} "
               "stops it); re-run the same command to collect the table", file=sys.stderr)
         raise
+    for path, job in zip(cell_files, jobs):
+        record_unfinished(path, Path(job.paths.stderr))
     return job_id
+
+
+def record_unfinished(cell_file: Path, task_log: Path) -> None:
+    """A cell its task left neither finished nor failed (the task crashed, was cancelled, or ran
+    out of time requeues) is recorded as failed, naming the task's log: the command that submitted
+    the array (often on a login node, without the job's GPUs) never trains it itself. Running the
+    command again retries it."""
+    from .. import lock
+    from .worker import record_failure, recorded_failure
+
+    try:
+        run_dir = Path(read_json(Path(cell_file), "grid cell file")["config"]["out"]).absolute()
+    except (LoreError, KeyError, TypeError):
+        return
+    if rundir.finished(run_dir) or recorded_failure(run_dir) is not None or lock.held_elsewhere(run_dir):
+        return
+    record_failure(run_dir, f"its SLURM task ended without finishing it; see {task_log}")
 
 
 def _finished(cell_file: Path) -> bool:

@@ -159,6 +159,18 @@ def test_a_grid_refuses_a_knowledge_width_before_it_starts(tmp_path: Path, capsy
     assert "--knowledge 'learned:0'" in one_error_line(capsys.readouterr().err) and not out.exists()
 
 
+def test_another_methods_keys_in_a_config_file_are_named(colors: Path, tmp_path: Path, capsys) -> None:
+    config = tmp_path / "options.yaml"
+    config.write_text("coop_ctx: 4\n")  # CoOp's context length: ProGrad reads it too, linear does not
+    assert lore_cli(*TRAIN, "--data", colors, "--config", config, "--out", tmp_path / "run") == 0
+    warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("lore: warning:")]
+    assert warnings == ["lore: warning: --coop-ctx is an option of coop; --method linear does not read it"]
+    from lore.config import make
+    from lore.option_warnings import foreign_options
+
+    assert foreign_options(make({"method": "prograd", "coop_ctx": 4, "data": "d", "out": "o"})) == []
+
+
 @pytest.mark.parametrize("method, extra, says", [
     ("linear", ["--log-images"], "--log-images draws into TensorBoard only"),
     ("lore", ["--knowledge", "ngram:16", "--no-kp", "--kp-weight", "3"], "--kp-weight 3.0 weighs L_kp, which --no-kp"),
@@ -180,3 +192,12 @@ def test_a_huge_label_in_an_unknown_vtab_task_is_named_against_the_image_count(t
     assert lore_cli(*TRAIN[:-6], "--data", task, "--format", "vtab", "--out", tmp_path / "run") == 2
     line = one_error_line(capsys.readouterr().err)
     assert f"test.txt, line 10: label {10**30} but the lists hold 40 images, so a label is at most 39" in line
+
+
+@pytest.mark.parametrize("seed, seeds", [("-1", "3"), ("99999999999999999999", "3"), ("4294967294", "3")])
+def test_demo_seeds_out_of_range_are_refused_before_anything_is_written(tmp_path: Path, capsys, seed, seeds) -> None:
+    # the final runs use seeds --seed .. --seed + --seeds - 1: the last of them must be a valid seed too
+    assert lore_cli("demo", "--out", tmp_path / "demo", "--seed", seed, "--seeds", seeds) == 2
+    assert f"--seed {seed} with --seeds {seeds}: every seed must be in 0..4294967295" in \
+        one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "demo").exists()

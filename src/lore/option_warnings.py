@@ -27,7 +27,50 @@ def inert_options(cfg, model: nn.Module | None = None) -> list[str]:
             wb = f" (--wb-norm {cfg.wb_norm})" if cfg.method == "lore" else ""
             lines.append(f"--bn-mode {cfg.bn_mode} acts on BatchNorm layers, and this {cfg.method} model{wb} "
                          "has none")
-    return lines
+    return lines + foreign_options(cfg)
+
+
+class _Reads:
+    """A config that records which options are read from it."""
+
+    def __init__(self, cfg) -> None:
+        self._cfg, self.names = cfg, set()
+
+    def __getattr__(self, name: str):
+        self.names.add(name)
+        return getattr(self._cfg, name)
+
+
+def _options_read(method, cfg) -> set[str] | None:
+    """The options the method's constructor options, knowledge, templates and defaults read (ProGrad
+    reads CoOp's context, Tip-Adapter-F Tip-Adapter's); None if they cannot be traced."""
+    proxy = _Reads(cfg)
+    try:
+        method.options(proxy)
+        for f in (method.describe, method.templates, method.needs_knowledge):
+            if callable(f):
+                f(proxy)
+        if method.defaults:
+            method.defaults(proxy, False)
+    except Exception:  # noqa: BLE001 - tracing is best effort: no warning rather than a wrong one
+        return None
+    return proxy.names
+
+
+def foreign_options(cfg) -> list[str]:
+    """Options another method declares, set away from their default (a shared YAML --config, a flag
+    meant for another method), that this run's method never reads."""
+    from dataclasses import fields
+
+    from .models.registry import methods, resolve
+
+    method = resolve(cfg.method)[0]
+    read = _options_read(method, cfg)
+    if read is None:
+        return []
+    return [f"--{f.name.replace('_', '-')} is an option of {m.name}; --method {cfg.method} does not read it"
+            for m in methods() if m is not method and m.config for f in fields(m.config)
+            if f.name not in read and getattr(cfg, f.name) != f.default]
 
 
 def warn_inert(cfg, model: nn.Module | None = None) -> None:

@@ -124,7 +124,11 @@ def test_a_requeued_task_resumes_its_cell_from_the_checkpoint(cluster, tmp_path:
     assert not (run / "final.json").exists(), "the cell finished before the signal: give it more epochs"
     # a requeued job waits (BeginTime) before it may start again; this test does not
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
-    slurm.wait_for_array(job, 1, "test")
+    capsys.readouterr()
+    # the same command, waiting this time: it waits for the array submitted above, then writes the table
+    assert main(grid) == 0
+    assert f"SLURM job array {job} of an earlier invocation is still queued or running" in capsys.readouterr().err
+    assert json.loads((out / "table.json").read_text())["cells"][0]["n"] == 1
 
     log = next(iter(task_logs(out).values()))
     assert "Caught signal SIGUSR2" in log, log[-2000:]

@@ -152,7 +152,10 @@ def launch(cell_files: list[Path], opts: LaunchOptions, log_dir: Path, wait: boo
         print(f"grid phase {phase}: SLURM job array {earlier} of an earlier invocation is still queued or "
               "running; not submitting again", file=sys.stderr)
         if wait:
-            wait_for_array(earlier, len(cell_files), phase)
+            submitted = read_json(record, "SLURM job record")["cells"]
+            wait_for_array(earlier, len(submitted), phase)
+            for i, path in enumerate(submitted):
+                record_unfinished(Path(path), log_dir / f"{earlier}_{i}")
         return earlier
     cell_files = [p for p in cell_files if not _finished(p)]
     if not cell_files:  # a re-run that only collects the table

@@ -16,6 +16,7 @@ one recorded while it runs (by it or a process beside it) is kept, so concurrent
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import sys
 import time
@@ -109,8 +110,8 @@ def run_phase(out: Path, phase: str, cells: list[tuple[object, str]], opts: Laun
         from .local import launch
         launch(files, opts.jobs)
     else:
-        try:
-            from . import slurm
+        try:  # by name: the optional SLURM launcher (submitit) is loaded only when asked for
+            slurm = importlib.import_module("lore.grid.slurm")
         except ImportError:
             from ..errors import LoreError
             raise LoreError("--launcher slurm needs lore[slurm] (pip install 'lore[slurm]')") from None

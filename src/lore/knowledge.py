@@ -315,7 +315,7 @@ def _encode_sentence(arg: str, classnames: list[str], templates: list[str]) -> t
         from sentence_transformers import SentenceTransformer
     except ImportError:
         raise LoreError("--knowledge sentence:...: install sentence-transformers "
-                        "(pip install 'lore[demo]')") from None
+                        "(pip install 'lore-vit[demo]')") from None
     if Path(arg).is_dir():  # a local model needs no hub: never wait on a network that is not there
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:

@@ -25,7 +25,7 @@ def require() -> None:
         import tensorboard  # noqa: F401
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError:
-        raise LoreError("--log tensorboard needs TensorBoard: pip install 'lore[tb]' (or pip install "
+        raise LoreError("--log tensorboard needs TensorBoard: pip install 'lore-vit[tb]' (or pip install "
                         "tensorboard), or train with --log jsonl") from None
 
 

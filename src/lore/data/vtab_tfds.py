@@ -43,7 +43,7 @@ def _tfrecord():
     try:
         from tfrecord import example_pb2, reader
     except ImportError:
-        raise LoreError("--format vtab-tfds needs the tfrecord package: pip install 'lore[vtab]'") from None
+        raise LoreError("--format vtab-tfds needs the tfrecord package: pip install 'lore-vit[vtab]'") from None
     return example_pb2, reader
 
 

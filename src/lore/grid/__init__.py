@@ -114,7 +114,7 @@ def run_phase(out: Path, phase: str, cells: list[tuple[object, str]], opts: Laun
             slurm = importlib.import_module("lore.grid.slurm")
         except ImportError:
             from ..errors import LoreError
-            raise LoreError("--launcher slurm needs lore[slurm] (pip install 'lore[slurm]')") from None
+            raise LoreError("--launcher slurm needs lore-vit[slurm] (pip install 'lore-vit[slurm]')") from None
         job = slurm.launch(files, opts, Path(out) / "slurm", wait=not opts.no_wait)
         if opts.no_wait:
             print(f"grid phase {phase}: submitted SLURM job {job}; `lore grid status {out}` shows where it "

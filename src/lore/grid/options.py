@@ -64,7 +64,7 @@ def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--launcher", choices=LAUNCHERS, default=None,
                    help="inline: one cell after another in this process (default); local: --jobs worker "
                         "processes on this machine, one GPU each (or cores // jobs threads each); slurm: one "
-                        "SLURM job array per grid phase (needs lore[slurm])")
+                        "SLURM job array per grid phase (needs lore-vit[slurm])")
     g.add_argument("--jobs", type=int, default=None,
                    help="cells run at once (--launcher local; --jobs N alone implies it); default 1")
     g.add_argument("--no-wait", action="store_true", default=None,

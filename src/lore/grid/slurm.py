@@ -14,7 +14,7 @@ submitting the cells twice, and cells that already hold a finished run are never
 A cell with ``--slurm-gpus-per-job G > 1`` is one job of G tasks on one node, one GPU each; the
 tasks join one DDP process group from submitit's environment, as ``torchrun`` would set it.
 
-submitit is optional (``pip install 'lore[slurm]'``) and imported only here.
+submitit is optional (``pip install 'lore-vit[slurm]'``) and imported only here.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ except ImportError:  # the launcher says what to install (launch); CellTask is u
     submitit = None
     Checkpointable = object
 
-INSTALL_HINT = "--launcher slurm needs submitit: pip install 'lore[slurm]'"
+INSTALL_HINT = "--launcher slurm needs submitit: pip install 'lore-vit[slurm]'"
 POLL_SECONDS = float(os.environ.get("LORE_SLURM_POLL_SECONDS", "10"))
 # SLURM's warning before the time limit; submitit's default (90 s) unless the limit is short
 MAX_SIGNAL_DELAY_S = 90

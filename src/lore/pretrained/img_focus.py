@@ -145,7 +145,7 @@ def _require(module: str):
         return __import__(module)
     except ImportError:
         raise LoreError(f"converting {NAME} needs the '{module}' package (once; the result is cached): "
-                        "pip install 'lore[real]'  (or: pip install onnx onnxruntime)") from None
+                        "pip install 'lore-vit[real]'  (or: pip install onnx onnxruntime)") from None
 
 
 # --------------------------------------------------------------------------------------------

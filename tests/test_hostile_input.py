@@ -851,3 +851,15 @@ def test_a_project_folder_with_its_own_config_yaml_is_no_run_directory(tmp_path:
     assert check_output_dir(project / "runs" / "x") == project / "runs" / "x"
     assert check_output_file(project / "preds" / "p.csv") == project / "preds" / "p.csv"
     check_output_dir(project, allow_run=False)
+
+
+def test_an_elpv_label_row_naming_a_symlink_loop_or_a_path_outside_is_one_line(tmp_path: Path) -> None:
+    from lore.data.elpv import read_cells
+    from lore.errors import LoreError
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "loop.png").symlink_to(tmp_path / "images" / "loop.png")
+    for row, says in (("images/loop.png 0.0 mono", "cannot be resolved"), ("../x.png 0.0 mono", "leads outside")):
+        (tmp_path / "labels.csv").write_text(row + "\n")
+        with pytest.raises(LoreError, match=rf"labels.csv, line 1: .*{says}"):
+            read_cells(tmp_path)

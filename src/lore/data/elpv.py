@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LoreError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, inside_root
 from .datasets import Splits
 
 PACKAGE, VERSION = "elpv-dataset", "1.0.0.post1"
@@ -148,7 +148,7 @@ def read_cells(root: Path) -> list[Cell]:
         if not any(abs(prob - p) < 1e-6 for p in PROBABILITIES) or kind not in CELL_TYPES:
             raise LoreError(f"{labels}, line {n}: probability must be 0, 1/3, 2/3 or 1 and type "
                             f"mono/poly, got {prob} {kind!r}")
-        path = (Path(root) / rel).resolve()
+        path = inside_root(root, rel, labels, n).resolve()  # no escape, a symlink loop one line
         if not path.is_file():
             raise LoreError(f"{labels}, line {n}: image {path} is missing; delete {root} and run "
                             "again to re-extract the wheel")

@@ -181,3 +181,23 @@ def test_two_concurrent_vtab_grids_agree(vtab_root, tmp_path):
                for _, _, chosen, tuned, finals in runs)
     ran = sum(err.count(": ran,") for _, err in outputs)
     assert ran == 4 + 2  # every tuning run and every final run trained once, by one of the two
+
+
+def test_recorded_failure_is_kept_by_a_concurrent_command_and_retried_by_a_later_one(tmp_path, capsys):
+    from lore import config as config_mod
+    from lore.grid import LaunchOptions, run_phase
+
+    cfg = config_mod.make({"method": "linear", "data": str(tmp_path / "nope"), "out": str(tmp_path / "g" / "cell"),
+                           "backbone": "vit_small_patch16_224", "pretrained": False, "backbone_args": TINY_BACKBONE[4],
+                           "img_size": 32, "workers": 0, "device": "cpu"})
+    beside = LaunchOptions()  # a command started before the failure, running beside the one that records it
+    time.sleep(0.05)
+    first = run_phase(tmp_path / "g", "p", [(cfg, "[1/1] cell:")])
+    assert first[0]["status"] == "failed" and "nope" in first[0]["error"]
+    failed = tmp_path / "g" / "cell" / "failed.json"
+    stamp = failed.stat().st_mtime_ns
+    assert run_phase(tmp_path / "g", "p", [(cfg, "[1/1] cell:")], beside) == first  # kept: both agree
+    assert failed.stat().st_mtime_ns == stamp and capsys.readouterr().err.count("FAILED") == 1
+    time.sleep(0.05)
+    assert run_phase(tmp_path / "g", "p", [(cfg, "[1/1] cell:")], LaunchOptions()) == first  # tried again
+    assert failed.stat().st_mtime_ns != stamp

@@ -26,8 +26,6 @@ from .. import rundir
 from ..io import atomic_write_json, read_json
 from .options import LaunchOptions, add_launcher_arguments  # noqa: F401  (the grid commands' API)
 
-# a failure recorded before this process started belongs to an earlier attempt: retried
-STARTED = time.time()
 POLL_SECONDS = float(os.environ.get("LORE_GRID_POLL_SECONDS", "2"))
 WAIT_REPORT_SECONDS = 60.0
 
@@ -65,12 +63,12 @@ def update_manifest(out: Path, phase: str, run_dirs: list[str], opts: LaunchOpti
     atomic_write_json(path, {"phases": phases, "launcher": opts.launcher, "jobs": opts.jobs})
 
 
-def clear_old_failures(run_dirs: list[Path]) -> None:
-    """Failures recorded before this command started are tried again."""
+def clear_old_failures(run_dirs: list[Path], started: float) -> None:
+    """Failures recorded before this command started (an earlier attempt's) are tried again."""
     for run_dir in run_dirs:
         path = run_dir / rundir.FAILED
         try:
-            if path.stat().st_mtime < STARTED:
+            if path.stat().st_mtime < started:
                 path.unlink(missing_ok=True)
         except FileNotFoundError:
             pass
@@ -101,7 +99,7 @@ def run_phase(out: Path, phase: str, cells: list[tuple[object, str]], opts: Laun
     files = write_cell_files(out, phase, cells)
     run_dirs = [Path(cfg.out).absolute() for cfg, _ in cells]
     update_manifest(out, phase, [str(d) for d in run_dirs], opts)
-    clear_old_failures(run_dirs)
+    clear_old_failures(run_dirs, opts.started)
     results: dict[int, dict] = {}
     if opts.launcher == "inline" or (opts.launcher == "local" and opts.jobs == 1):
         for i, (cfg, prefix) in enumerate(cells):

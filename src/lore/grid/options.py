@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 import re
-from dataclasses import dataclass, fields
+import time
+from dataclasses import dataclass, field, fields
 
 from ..errors import LoreError
 
@@ -28,6 +29,9 @@ class LaunchOptions:
     slurm_qos: str | None = None
     slurm_constraint: str | None = None
     slurm_mem_gb: float | None = None
+    # when the command started: a cell failure recorded before it is an earlier attempt's (retried),
+    # one recorded after it was recorded by this command or a process beside it (kept)
+    started: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
         self.validate()

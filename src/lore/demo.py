@@ -88,6 +88,11 @@ def _check(args: argparse.Namespace) -> list[str]:
     for name in ("shots", "seeds", "epochs", "batch_size", "img_size", "val_per_class"):
         if getattr(args, name) < 1:
             raise LoreError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    from .values import SEED_MAX
+
+    if not 0 <= args.seed <= SEED_MAX - (args.seeds - 1):  # the final runs use seeds seed .. seed + seeds - 1
+        raise LoreError(f"--seed {args.seed} with --seeds {args.seeds}: every seed must be in 0..{SEED_MAX}; "
+                        f"give --seed between 0 and {SEED_MAX - (args.seeds - 1)}")
     if args.pool_per_class < args.val_per_class + args.shots:
         raise LoreError(f"--pool-per-class {args.pool_per_class} must hold --val-per-class "
                         f"{args.val_per_class} + --shots {args.shots}")

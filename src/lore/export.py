@@ -139,9 +139,8 @@ def preprocessing(img_size: int, data_config: dict) -> dict:
 def main(args: argparse.Namespace) -> dict:
     from . import __version__
     from .checkpoint import load_run
-    from .io import atomic_write_json, check_output_file
+    from .io import check_output_file
     from .runs import saved_config
-    from .runs import run_data_config
 
     require()
     out = check_output_file(args.out, suffixes=(".onnx",), side_files=(".json",))
@@ -177,26 +176,34 @@ def main(args: argparse.Namespace) -> dict:
                             f"{diff:.3g} (relative), more than --tolerance {args.tolerance:g}; nothing was "
                             "written")
         info = _description(args, out, run_dir, meta, img_size, opset, diff, cfg, model, __version__)
-        staged_json = tmp / side.name
-        try:
-            atomic_write_json(staged_json, info)
-        except (LoreError, OSError) as e:  # said of the file the user asked for, not the staging copy
-            reason = getattr(e, "strerror", None) or str(e).replace(str(staged_json), side.name)
-            raise LoreError(f"--out {out}: cannot write {side} ({reason}); nothing was published") from None
-        # the .onnx file (and, for >2 GB models, its weights), its description last: both or neither
-        for f in sorted(p for p in tmp.iterdir() if p != staged_json):
-            os.replace(f, out.parent / f.name)
-        try:
-            os.replace(staged_json, side)
-        except OSError as e:
-            out.unlink(missing_ok=True)
-            raise LoreError(f"--out {out}: cannot write {side} ({e.strerror}); the export was not "
-                            "published") from None
+        _publish(tmp, out, info)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{meta['method']} run {run_dir} -> {out} (+ {side.name}); onnxruntime "
           f"matches PyTorch to {diff:.2g} (tolerance {args.tolerance:g})")
     return info
+
+
+def _publish(tmp: Path, out: Path, info: dict) -> None:
+    """Stage the JSON description beside the checked ONNX file in ``tmp``, then move the ONNX file
+    (and, for >2 GB models, its weights) and the description last to ``out``: both or neither."""
+    from .io import atomic_write_json
+
+    side = out.with_suffix(".json")
+    staged_json = tmp / side.name
+    try:
+        atomic_write_json(staged_json, info)
+    except (LoreError, OSError) as e:  # said of the file the user asked for, not the staging copy
+        reason = getattr(e, "strerror", None) or str(e).replace(str(staged_json), side.name)
+        raise LoreError(f"--out {out}: cannot write {side} ({reason}); nothing was published") from None
+    for f in sorted(p for p in tmp.iterdir() if p != staged_json):
+        os.replace(f, out.parent / f.name)
+    try:
+        os.replace(staged_json, side)
+    except OSError as e:
+        out.unlink(missing_ok=True)
+        raise LoreError(f"--out {out}: cannot write {side} ({e.strerror}); the export was not "
+                        "published") from None
 
 
 def _description(args, out: Path, run_dir: Path, meta: dict, img_size: int, opset: int, diff: float,

@@ -201,3 +201,13 @@ def test_demo_seeds_out_of_range_are_refused_before_anything_is_written(tmp_path
     assert f"--seed {seed} with --seeds {seeds}: every seed must be in 0..4294967295" in \
         one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_negative_zero_in_a_grid_list_is_the_value_zero_and_its_folder() -> None:
+    from lore.paper.petl import number
+    from lore.sweep import split_values
+
+    wds = split_values("-0,0.001", float, "--wds")
+    assert [number(w) for w in wds] == ["0", "0.001"]  # the folder a finished grid's wd 0 already has
+    with pytest.raises(Exception, match="repeated values"):
+        split_values("0,-0", float, "--wds")

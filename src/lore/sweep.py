@@ -126,6 +126,8 @@ def split_values(text: str, cast, flag: str) -> list:
         values = [cast(s) for s in items]
     except ValueError:
         raise LoreError(f"{flag} {text!r}: expected comma-separated {cast.__name__} values") from None
+    if cast is float:  # `--wds -0` is 0: one value, one folder name (wd0), never a second "wd-0"
+        values = [v + 0.0 for v in values]
     if len(set(values)) != len(values):
         raise LoreError(f"{flag} {text!r}: repeated values")
     check_grid_values(flag, values)

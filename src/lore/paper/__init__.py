@@ -65,12 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_out(out: Path) -> None:
     """A table's folder is never a run directory (nor inside one): its runs/ and table files would
     mix with the run's own."""
-    from .. import rundir
     from ..io import check_output_dir
 
-    if rundir.is_run_dir(out):
-        raise LoreError(f"--out {out} is a run directory; give a new or a grid's folder for the table")
-    check_output_dir(out)
+    check_output_dir(out, allow_run=False)
 
 
 def base_options(args: argparse.Namespace) -> dict:

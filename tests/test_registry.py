@@ -80,3 +80,31 @@ def test_unknown_method_is_named_with_the_registered_ones(tmp_path, capsys):
     assert lore_cli("train", "--method", "vpt-medium", "--data", tmp_path, "--out", tmp_path / "o") == 2
     err = capsys.readouterr().err
     assert "vpt-medium" in err and all(m in err for m in available_methods())
+
+
+def test_train_help_groups_options_and_lists_the_registered_methods(toy_method, capsys, monkeypatch):
+    """`lore train --help`: data, model, optimisation, evaluation and execution options, then one group
+    per method with its own options; the --method list comes from the registry (a method registered
+    now is in it)."""
+    import re
+
+    from lore.cli import _parse
+    from lore.models.registry import aliases, methods
+
+    monkeypatch.setenv("COLUMNS", "2000")  # no line breaks inside hyphenated method names
+    with pytest.raises(SystemExit):
+        _parse(["train", "--help"])
+    text = capsys.readouterr().out
+    titles = re.findall(r"^(\S[^\n]*) options:$", text, flags=re.M)
+    assert titles[:5] == ["model", "data", "optimisation", "evaluation", "execution"]
+    assert {"lore", "coop", "maple"} <= set(titles[5:])
+    sections = dict(re.findall(r"^(\S[^\n]*) options:\n(.*?)(?=^\S|\Z)", text, flags=re.M | re.S))
+    assert "--data " in sections["data"] and "--shots" in sections["data"]
+    assert "--lr " in sections["optimisation"] and "--epochs" in sections["optimisation"]
+    assert "--val-every" in sections["evaluation"] and "--workers" in sections["execution"]
+    assert "--wb-norm" in sections["lore"] and "--wb-norm" not in sections["model"]
+    assert "--coop-ctx" in sections["coop"]
+    listed = sections["model"]
+    for name in [m.name for m in methods()] + list(aliases()):
+        assert name in listed
+    assert toy_method in listed and "toy-probe-big" in listed

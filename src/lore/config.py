@@ -25,8 +25,7 @@ class CommonOptions:
     """The harness's options; each method adds its own (``Method.config``, in its module), and
     :data:`TrainConfig` holds them all."""
     # what to train
-    method: str = opt("lore", "linear | vpt-shallow | vpt-deep | full | zeroshot | lore | coop | "
-                      "clip-adapter | tip-adapter | tip-adapter-f | cocoop | prograd | maple")
+    method: str = opt("lore", "the adaptation method (lore train --help lists the registered ones)")
     backbone: str = opt("vit_base_patch16_clip_quickgelu_224.openai",
                          "timm model name (optionally .pretrained_tag); OpenAI CLIP: the *_quickgelu_* models")
     pretrained: bool = opt(True, "load the backbone's pre-trained weights from the hub")
@@ -100,7 +99,7 @@ class CommonOptions:
                    "is used if asked)", ["auto", "bf16", "fp16", "none"])
     compile: bool = opt(False, "torch.compile the training step")
     log: str = opt("jsonl", "training curves: metrics.jsonl always; tensorboard also writes event files "
-                   "under RUN/tb/ (needs pip install 'lore[tb]')", ["jsonl", "tensorboard"])
+                   "under RUN/tb/ (needs pip install 'lore-vit[tb]')", ["jsonl", "tensorboard"])
     log_images: bool = opt(False, "with --log tensorboard: the attention grid of a few validation (else "
                            "test) images at the end")
     deterministic: bool = opt(False, "deterministic algorithms (bit-identical reruns and resumes)")
@@ -198,22 +197,68 @@ def validate(cfg: TrainConfig) -> None:
         raise LoreError("--dry-run needs --num-classes N or --data PATH")
 
 
+# `lore train --help` groups the common options; each method's own options get a group of their own
+HELP_GROUPS = {
+    "model": ("method", "backbone", "pretrained", "checkpoint", "backbone_args", "knowledge", "template",
+              "global_prompts", "knowledge_dim"),
+    "data": ("data", "dataset", "format", "classnames", "image_dir", "holdout", "split_file",
+             "allow_missing_classes", "shots", "img_size", "aug", "train_crop_pct", "feature_views"),
+    "optimisation": ("recipe", "seed", "epochs", "batch_size", "lr", "min_lr", "wd", "momentum", "lr_schedule",
+                     "warmup_epochs", "warmup_lr", "warmup", "bn_mode", "bn_freeze_steps", "curriculum",
+                     "stage_h_lr", "stage_h_epochs"),
+    "evaluation": ("val_every", "crop_pct", "dry_run", "num_classes"),
+    "execution": ("out", "resume", "device", "workers", "feature_cache", "amp", "compile", "log", "log_images",
+                  "deterministic", "save_every", "keep_last", "cache_images"),
+}
+
+
+def _help_group(name: str) -> str:
+    """The --help group of an option: its HELP_GROUPS entry, its method's, else "other"."""
+    from .models.registry import methods
+
+    for group, names in HELP_GROUPS.items():
+        if name in names:
+            return f"{group} options"
+    for m in methods():
+        if m.config and name in {f.name for f in fields(m.config)}:
+            return f"{m.name} options"
+    return "other options"
+
+
+def _method_help() -> str:
+    from .models.registry import aliases, methods
+
+    return "the adaptation method: " + ", ".join([m.name for m in methods()] + sorted(aliases()))
+
+
 def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
                   skip: frozenset[str] | set[str] = frozenset()) -> None:
-    """``--config`` and one flag per :class:`TrainConfig` field (except those in ``skip``)."""
+    """``--config`` and one flag per :class:`TrainConfig` field (except those in ``skip``), in --help
+    groups (data, model, optimisation, evaluation, execution, one per method) on a parser; a group
+    given by the caller (``lore sweep``, ``lore paper``) holds them all."""
     parser.add_argument("--config", help="YAML file of options (command-line flags win)")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    if isinstance(parser, argparse.ArgumentParser):  # the common groups first, in this order
+        from .models.registry import methods
+
+        titles = [*HELP_GROUPS, "other", *(m.name for m in methods() if m.config)]
+        groups = {f"{t} options": parser.add_argument_group(f"{t} options") for t in titles}
     for f in fields(TrainConfig):
         if f.name in skip:
             continue
+        target = parser
+        if isinstance(parser, argparse.ArgumentParser):
+            title = _help_group(f.name)
+            target = groups[title]
         flag = "--" + f.name.replace("_", "-")
-        kw = dict(help=f"{f.metadata['help']} (default: {f.default})", default=argparse.SUPPRESS,
-                  dest=f.name)
+        text = _method_help() if f.name == "method" else f.metadata["help"]
+        kw = dict(help=f"{text} (default: {f.default})", default=argparse.SUPPRESS, dest=f.name)
         kind = str(f.type)  # annotations are strings here (from __future__ import annotations)
         if "bool" in kind:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            target.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         else:
             cast = int if "int" in kind else float if "float" in kind else str
-            parser.add_argument(flag, type=cast, choices=f.metadata["choices"], **kw)
+            target.add_argument(flag, type=cast, choices=f.metadata["choices"], **kw)
 
 
 def defaults() -> dict:

@@ -18,8 +18,21 @@ def build_model(method: str, backbone: str | BlackBox, num_classes: int, *, pret
                 **options) -> nn.Module:
     """Build ``method`` on a frozen timm ViT (by name, or an existing :class:`BlackBox`).
 
-    Returns an ``nn.Module`` with ``forward(images) -> logits`` and
-    ``features(images) -> dict(cls=..., patches=..., prompts=..., pooled=..., attn=...)``.
+    Args:
+        method: a registered method name (``lore``, ``vpt-deep``, ``coop``, ...; see
+            :func:`available_methods`).
+        backbone: a timm model name (optionally ``.pretrained_tag``) or a built ``BlackBox``.
+        num_classes: classes of the task head.
+        pretrained: load the backbone's pre-trained weights from the hub.
+        checkpoint: local backbone weights of the same architecture.
+        backbone_args: ``key=value,...`` (or a dict) passed to ``timm.create_model``.
+        **options: the method's options, e.g. ``knowledge=`` (a (C, d) tensor of class
+            embeddings) and ``wb_norm=`` for LORE; LORE's options left out take the defaults
+            of ``lore train --method lore``.
+
+    Returns:
+        An ``nn.Module`` with ``forward(images) -> logits`` and ``features(images) -> dict(cls=...,
+        patches=..., prompts=..., pooled=..., attn=...)``.
     """
     spec = get(method)
     if isinstance(backbone, BlackBox):

@@ -211,3 +211,13 @@ def test_a_negative_zero_in_a_grid_list_is_the_value_zero_and_its_folder() -> No
     assert [number(w) for w in wds] == ["0", "0.001"]  # the folder a finished grid's wd 0 already has
     with pytest.raises(Exception, match="repeated values"):
         split_values("0,-0", float, "--wds")
+
+
+@pytest.mark.parametrize("lrs, batch, says", [("1e308", "512", "of inf"), ("5e-324", "4", "of 0.0")])
+def test_a_grid_rate_that_scales_to_no_usable_rate_is_named_as_lrs(tmp_path: Path, capsys, lrs, batch, says) -> None:
+    write_eurosat(tmp_path / "vtab" / "eurosat")
+    assert lore_cli("paper", "vtab", "--data-root", tmp_path / "vtab", "--out", tmp_path / "out", "--lrs", lrs,
+                    *GRID, "--batch-size", batch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"lore: error: --lrs: {float(lrs)!r} scales to a learning rate {says}"), line
+    assert not (tmp_path / "out").exists()

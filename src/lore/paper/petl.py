@@ -21,6 +21,7 @@ every tuning run and the chosen pair.
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 from dataclasses import dataclass
@@ -392,6 +393,19 @@ def check_base(base: dict) -> None:
                             "the validation split; set the grid with --lrs / --wds instead")
 
 
+def check_scaled_rates(plan: Plan, base: dict) -> None:
+    """Every base rate of the grid, scaled to the batch (lr / 256 x batch), is a usable rate: named
+    as --lrs, never as the scaled --lr of one run (1e308 x 512 / 256 overflows, 5e-324 / 256 is 0)."""
+    batch = base.get("batch_size", protocol()["schedule"]["batch_size"])
+    for method in plan.methods:
+        for lr, _ in lr_wd_grid(plan.bench, method, plan.lrs, plan.wds):
+            used = lr / protocol()["lr_reference_batch"] * batch
+            if not math.isfinite(used) or used <= 0:
+                raise LoreError(f"--lrs: {lr!r} scales to a learning rate of {used!r} at --batch-size {batch} "
+                                f"(lr / {protocol()['lr_reference_batch']} x batch); give a rate that stays "
+                                "finite and > 0")
+
+
 def main(args, base: dict) -> dict:
     from ..sweep import split_values
 
@@ -409,6 +423,7 @@ def main(args, base: dict) -> dict:
                      split_values(args.datasets, str, "--datasets") if args.datasets else None, **extra)
     from ..models.registry import refuse_row_options
     refuse_row_options(plan.methods, base, f"lore paper {bench}")
+    check_scaled_rates(plan, base)
     if args.plan:
         return print_plan(plan, base, args.bench, args.measure)
     check_tasks(plan, base)

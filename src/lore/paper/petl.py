@@ -162,6 +162,15 @@ def scaled_warmup(epochs: int) -> int:
     return schedule["warmup_epochs"] * epochs // schedule["epochs"]
 
 
+def say_scaled_warmup(plan: Plan, base: dict) -> None:
+    """One line when --epochs shortens (or lengthens) VPT's schedule and its warm-up with it."""
+    schedule, values = protocol()["schedule"], protocol_base(plan, base)
+    if values["warmup_epochs"] != schedule["warmup_epochs"] and "warmup_epochs" not in base:
+        print(f"lore paper {plan.bench}: --epochs {values['epochs']}: VPT's warm-up is scaled to "
+              f"{values['warmup_epochs']} epoch(s) ({schedule['warmup_epochs']} of its {schedule['epochs']}); "
+              "--warmup-epochs N sets it", file=sys.stderr)
+
+
 def make_run(plan: Plan, base: dict, task: str, method: str, stage: str, seed: int, lr: float,
              wd: float) -> Run:
     bench = protocol()["benchmarks"][plan.bench]
@@ -424,6 +433,7 @@ def main(args, base: dict) -> dict:
     from ..models.registry import refuse_row_options
     refuse_row_options(plan.methods, base, f"lore paper {bench}")
     check_scaled_rates(plan, base)
+    say_scaled_warmup(plan, base)
     if args.plan:
         return print_plan(plan, base, args.bench, args.measure)
     check_tasks(plan, base)

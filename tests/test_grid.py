@@ -85,9 +85,16 @@ def test_worker_killed_mid_cell_is_resumed(colors, inline_grid, tmp_path, capsys
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, victim = time.time() + 300, None
     while victim is None and proc.poll() is None and time.time() < deadline:
-        victim = next((c for c in out.glob("c/linear/*shot/seed*")
-                       if list(c.glob("checkpoints/*.safetensors")) and not (c / "final.json").exists()), None)
-        time.sleep(0.05)
+        found = next((c for c in out.glob("c/linear/*shot/seed*")
+                      if list(c.glob("checkpoints/*.safetensors")) and not (c / "final.json").exists()), None)
+        if found is not None:
+            # freeze first: a fast cell may finish between the look and the kill
+            proc.send_signal(signal.SIGSTOP)
+            if (found / "final.json").exists():
+                proc.send_signal(signal.SIGCONT)
+            else:
+                victim = found
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert victim is not None and not (victim / "final.json").exists()

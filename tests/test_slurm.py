@@ -184,7 +184,7 @@ def test_without_submitit_or_with_a_refused_submission_one_line(cluster, tmp_pat
         slurm.launch([cell], opts, tmp_path / "slurm", wait=True)
     assert "\n" not in str(e.value)
     monkeypatch.setattr(slurm, "submitit", None)
-    with pytest.raises(LoreError, match=r"^--launcher slurm needs submitit: pip install 'lore\[slurm\]'$"):
+    with pytest.raises(LoreError, match=r"^--launcher slurm needs submitit: pip install 'lore-vit\[slurm\]'$"):
         slurm.launch([cell], opts, tmp_path / "slurm", wait=True)
 
 

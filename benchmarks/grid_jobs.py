@@ -2,7 +2,7 @@
 (``--launcher local --jobs 2``, one thread each), same cells, same table.
 
 The grid is a small but realistic `lore sweep`: LORE and VPT-deep on a generated 4-class
-ImageFolder, 4 shots, a random-init 4-block ViT at 64 px, 5 epochs, ``--seeds`` 1..6: 12 cells.
+ImageFolder, 4 shots, a random-init 4-block ViT at 64 px, 30 epochs, ``--seeds`` 1..6: 12 cells.
 Each configuration runs as its own `lore sweep` process into its own --out; the two tables must
 agree (they are compared), and the wall times and their ratio are printed.
 
@@ -50,7 +50,7 @@ def numbers(out: Path) -> list:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cells", type=int, default=12, help="grid cells (even: 2 methods x cells/2 seeds)")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--out", default="benchmarks/out/grid_jobs.json")
     args = p.parse_args()
     if args.cells < 2 or args.cells % 2:

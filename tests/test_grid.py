@@ -29,6 +29,16 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 
 
+def _two_at_once(argv: list[str]) -> list[tuple[str, str]]:
+    """Two `lore` processes started together on the same arguments; both must exit 0."""
+    procs = [subprocess.Popen([sys.executable, "-m", "lore", *argv], env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, stderr) in zip(procs, outputs):
+        assert p.returncode == 0, stderr[-3000:]
+    return outputs
+
+
 def _numbers(out: Path) -> list:
     table = json.loads((out / "table.json").read_text())
     return [(c["method"], c["shots"], c["n"], c["mean"], c["std"]) for c in table["cells"]], table["failed"]
@@ -66,11 +76,7 @@ def test_local_launcher_table_equals_inline(colors, inline_grid, tmp_path, capsy
 
 def test_two_concurrent_sweeps_share_one_out(colors, inline_grid, tmp_path):
     out = tmp_path / "shared"
-    procs = [subprocess.Popen([sys.executable, "-m", "lore", *_grid(colors, out)], env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outputs = [p.communicate(timeout=600) for p in procs]
-    for p, (stdout, stderr) in zip(procs, outputs):
-        assert p.returncode == 0, stderr[-3000:]
+    outputs = _two_at_once(_grid(colors, out))
     _trained_once(out)
     ran = sum(err.count(": ran,") + err.count(": resumed,") for _, err in outputs)
     assert ran == 8  # every cell trained by exactly one of the two
@@ -176,12 +182,8 @@ def test_vtab_two_phases_on_the_local_launcher_pick_the_inline_pair(vtab_root, t
 
 def test_two_concurrent_vtab_grids_agree(vtab_root, tmp_path):
     out = tmp_path / "shared"
-    procs = [subprocess.Popen([sys.executable, "-m", "lore", *_vtab(vtab_root, out)], env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outputs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, stderr) in zip(procs, outputs):
-        assert p.returncode == 0, stderr[-3000:]
-        assert "FAILED" not in stderr
+    outputs = _two_at_once(_vtab(vtab_root, out))
+    assert not any("FAILED" in stderr for _, stderr in outputs)
     assert outputs[0][0] == outputs[1][0]  # the same complete table printed by both
     runs, _ = _petl_table(out)
     assert all(chosen is not None and set(tuned) == {"done"} and [f[1] for f in finals] == ["done"]

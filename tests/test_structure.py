@@ -103,3 +103,22 @@ def test_harness_rooms_do_not_branch_on_method_names():
             if "method" in text and constants & names:
                 found.append(f"{room}.py:{node.lineno}: {text}")
     assert not found, found
+
+
+def test_the_harness_asks_models_through_their_declared_interface():
+    """train, bench, checkpoint, viz and the feature cache call what AdaptedViT declares (prepare,
+    set_negatives, negative_source, knowledge_width, kla_module, feature_head, bare), never
+    hasattr/getattr on a model to find out what a method can do."""
+    rooms = [*sorted((SRC / "lore" / "train").glob("*.py")), *sorted((SRC / "lore" / "viz").glob("*.py")),
+             SRC / "lore" / "bench.py", SRC / "lore" / "checkpoint.py", SRC / "lore" / "features.py"]
+    probes = []
+    for path in rooms:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in ("hasattr", "getattr") and node.args
+                    and isinstance(node.args[0], ast.Name) and node.args[0].id in ("model", "m", "net")):
+                probes.append(f"{path.name}:{node.lineno}")
+    assert probes == []
+    # the probe finder finds one
+    tree = ast.parse("hasattr(model, 'kla')")
+    assert any(isinstance(n, ast.Call) and n.func.id == "hasattr" for n in ast.walk(tree))

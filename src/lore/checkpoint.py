@@ -133,13 +133,14 @@ def _attach_knowledge(model: nn.Module, run_dir: Path) -> None:
     """Give a LORE model its cached class knowledge back, for KLA attention maps. Optional:
     inference never needs it, and a run whose knowledge file was deleted still loads."""
     path = run_dir / rundir.KNOWLEDGE
-    if getattr(model, "kla", None) is None or not path.is_file():
+    width = model.knowledge_width()
+    if width is None or not path.is_file():
         return
     try:
         emb = load_file(str(path))["embeddings"]
     except Exception:
         return
-    if emb.shape == (model.num_classes, model.kla.knowledge_dim):
+    if emb.shape == (model.num_classes, width):
         model.knowledge = emb.float()
 
 

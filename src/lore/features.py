@@ -49,7 +49,7 @@ GRID_CACHE = Path("cache") / "features"
 
 def uses_features(model: nn.Module) -> bool:
     """The model's output depends on an image only through the frozen backbone's pooled feature."""
-    return hasattr(model, "logits_from_features") and not model.black_box.trainable
+    return model.feature_head()
 
 
 def view_transforms(ctx, views: int) -> tuple[str, list]:

@@ -61,9 +61,11 @@ def run(folder: str, workers: list[int], img_size: int, batch: int, passes: int,
     for w in workers:
         for name, dataset in (("decode", plain), ("cached", cached)):
             loader[f"{name}/{w}"] = round(_loader_images_per_s(dataset, w, batch, passes), 2)
-            print(f"\rloader {name} with {w} worker(s): {loader[f'{name}/{w}']:.1f} images/s", end="",
-                  file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+            # one line redrawn on a terminal, one line each in a log file
+            print(f"\rloader {name} with {w} worker(s): {loader[f'{name}/{w}']:.1f} images/s",
+                  end="" if sys.stderr.isatty() else "\n", file=sys.stderr, flush=True)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
     return {"images": len(samples), "decode_once_s": round(decode_s, 3), "loader_images_per_s": loader}
 
 

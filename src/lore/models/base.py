@@ -66,6 +66,35 @@ class AdaptedViT(nn.Module):
 
     method: str = "linear"
 
+    # What the harness (train, bench, checkpoint, viz) may ask of a method, declared here with the
+    # answers of a plain prompted ViT; a method overrides only what it does differently.
+    bare: bool = False                  # the frozen backbone alone (B-B): no head, nothing trained
+    needs_train_features: bool = False  # prepare() wants the frozen features of the training shots
+    takes_negatives: bool = False       # set_negatives() gives L_kp its wrong class p from outside
+    negative_source: str | None = None  # where p comes from: "zeroshot" | "probe" | "model" | None
+
+    def prepare(self, features_labels: tuple[torch.Tensor, torch.Tensor], num_classes: int) -> None:
+        """Before any training, with (frozen features, labels) of the training shots when
+        ``needs_train_features`` (Tip-Adapter's cache); nothing for most methods."""
+
+    def set_negatives(self, predictions: torch.Tensor) -> None:
+        """L_kp's wrong class p per training image (only when ``takes_negatives``)."""
+        raise NotImplementedError(f"{self.method} has no wrong-class input")
+
+    def knowledge_width(self) -> int | None:
+        """The width of the class knowledge the model's KLA reads (None: it has no KLA)."""
+        return None
+
+    def kla_module(self) -> nn.Module | None:
+        """The Knowledge-Locality Attention whose attention maps can be drawn, if the model has one
+        (and its class knowledge is attached)."""
+        return None
+
+    def feature_head(self) -> bool:
+        """The logits depend on an image only through the frozen backbone's pooled feature
+        (``logits_from_features``), so training may run on features computed once."""
+        return False
+
     def __init__(self, black_box: BlackBox, num_classes: int, head: nn.Module | None = None,
                  **options):
         super().__init__()

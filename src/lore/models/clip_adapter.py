@@ -47,6 +47,9 @@ class ClipAdapter(AdaptedViT):
         """(B, d) image embedding -> (B, d) residual-adapted embedding."""
         return self.ratio * self.adapter(x) + (1 - self.ratio) * x
 
+    def feature_head(self) -> bool:
+        return not self.black_box.trainable
+
     def logits_from_features(self, x: torch.Tensor) -> torch.Tensor:
         """The logits of a (B, d) CLIP image embedding (training on cached features)."""
         return self.head(self.adapt(x))

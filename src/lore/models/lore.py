@@ -84,6 +84,18 @@ class LORE(AdaptedViT):
             return F.normalize(self.class_embedding, dim=-1)
         return self.knowledge
 
+    takes_negatives = True
+
+    @property
+    def negative_source(self) -> str | None:
+        return self.negative
+
+    def knowledge_width(self) -> int | None:
+        return self.kla.knowledge_dim if self.kla is not None else None
+
+    def kla_module(self) -> nn.Module | None:
+        return self.kla if self.kla is not None and self.class_knowledge() is not None else None
+
     def set_negatives(self, predictions: torch.Tensor) -> None:
         """Per-training-image wrong class p (e.g. zero-shot CLIP predictions), indexed by sample."""
         self.negatives = predictions.long().to(self.head_device())

@@ -48,6 +48,11 @@ class TipAdapter(AdaptedViT):
             self.register_buffer("cache_keys", keys)
         self.register_buffer("cache_values", values)
 
+    needs_train_features = True
+
+    def prepare(self, features_labels: tuple[torch.Tensor, torch.Tensor], num_classes: int) -> None:
+        self.build_cache(features_labels, num_classes)
+
     @torch.no_grad()
     def build_cache(self, features_labels: tuple[torch.Tensor, torch.Tensor], num_classes: int) -> None:
         """Cache the few-shot set: keys = normalised image embeddings (N, d), values = one-hot (N, C)."""
@@ -67,6 +72,9 @@ class TipAdapter(AdaptedViT):
         """(B, d) normalised image embeddings -> (B, C) cache-model logits (before alpha)."""
         affinity = f @ self.cache_keys.to(f.dtype).t()
         return torch.exp(-self.beta * (1 - affinity)) @ self.cache_values.to(f.dtype)
+
+    def feature_head(self) -> bool:
+        return not self.black_box.trainable
 
     def logits_from_features(self, x: torch.Tensor) -> torch.Tensor:
         """The logits of a (B, d) CLIP image embedding (training on cached features)."""

@@ -46,11 +46,15 @@ class Linear(AdaptedViT):
         """The logits of the frozen backbone's pooled feature (training on cached features)."""
         return self.head(pooled)
 
+    def feature_head(self) -> bool:
+        return not self.black_box.trainable  # full fine-tuning changes the features
+
 
 class Plain(AdaptedViT):
     """B-B: the frozen backbone alone, for features (no head)."""
 
     method = "b-b"
+    bare = True
 
     def __init__(self, black_box: BlackBox):
         super().__init__(black_box, 0, nn.Identity())

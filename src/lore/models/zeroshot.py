@@ -16,6 +16,9 @@ class ZeroShot(AdaptedViT):
         require_clip(black_box, self.method)
         super().__init__(black_box, num_classes, text_classifier(black_box, num_classes, knowledge))
 
+    def feature_head(self) -> bool:
+        return not self.black_box.trainable
+
     def logits_from_features(self, x: torch.Tensor) -> torch.Tensor:
         """The logits of a (B, d) CLIP image embedding (evaluation on cached features)."""
         return self.head(x)

@@ -240,8 +240,8 @@ def _train_model(ctx: Context, method: Method, model: nn.Module, train_all: list
     if cfg.shots:
         chosen = few_shot_indices([y for _, y in train_all], cfg.shots, cfg.seed, classnames).tolist()
         record_selection(ctx, rundir.FEWSHOT, train_all, chosen)
-    if hasattr(model, "build_cache"):  # Tip-Adapter(-F): the few-shot cache, before any training
-        model.build_cache(encode(ctx, model, [train_all[i] for i in chosen]), len(classnames))
+    if model.needs_train_features:  # Tip-Adapter(-F): the few-shot cache, before any training
+        model.prepare(encode(ctx, model, [train_all[i] for i in chosen]), len(classnames))
     if method.trains:
         _fit(ctx, model, [train_all[i] for i in chosen], cfg.lr, "main", val, knowledge, classnames)
     return {}
@@ -340,9 +340,9 @@ def _set_negatives(ctx: Context, model: nn.Module, samples: list, knowledge: tor
     """The wrong class p of a model that takes it from outside (LORE's --negative zeroshot | probe)."""
     if negatives is not None:
         model.set_negatives(negatives)
-    elif getattr(model, "negative", None) == "zeroshot" and knowledge is not None:
+    elif model.negative_source == "zeroshot" and knowledge is not None:
         model.set_negatives(_zero_shot_predictions(ctx, model, samples, classnames))
-    elif getattr(model, "negative", None) == "probe":
+    elif model.negative_source == "probe":
         feats, labels = encode(ctx, model, samples)
         model.set_negatives(cross_fitted_predictions(feats, labels, len(classnames), seed=ctx.cfg.seed))
 
@@ -381,7 +381,7 @@ def _easy_to_hard(ctx: Context, model: nn.Module, train_all: list, test: list, v
     if not hard:
         ctx.log("stage h skipped: the stage-e model classifies every training image correctly")
         return stages
-    negatives = predictions[hard] if hasattr(model, "set_negatives") else None  # LORE's p only
+    negatives = predictions[hard] if model.takes_negatives else None  # LORE's p only
     _fit(ctx, model, [train_all[i] for i in hard], cfg.stage_h_lr, "h", val, knowledge, classnames,
          epochs=cfg.stage_h_epochs, negatives=negatives)
     return stages

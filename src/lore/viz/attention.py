@@ -126,12 +126,11 @@ def cls_attention(features: dict, layer: int) -> tuple[torch.Tensor, torch.Tenso
 
 def is_bare(model: nn.Module) -> bool:
     """The plain backbone (B-B) itself: nothing trained to compare it with, no classes to predict."""
-    return getattr(model, "method", None) == "b-b"
+    return model.bare
 
 
 def has_kla(model: nn.Module) -> bool:
-    return (hasattr(model, "kla_attention") and getattr(model, "kla", None) is not None
-            and model.class_knowledge() is not None)
+    return model.kla_module() is not None
 
 
 @torch.no_grad()
@@ -325,13 +324,13 @@ def main(args: argparse.Namespace) -> dict:
 
     notes = []
     if not has_kla(model) and not is_bare(model):
-        why = ("it has no KLA (trained with --no-kp or another method)" if getattr(model, "kla", None) is None
+        why = ("it has no KLA (trained with --no-kp or another method)" if model.knowledge_width() is None
                else "its knowledge.safetensors is missing")
         notes.append(f"KLA column skipped: {why}")
     maps = compute_maps(model, images, layer, labels, args.batch_size)
     pixels = to_display(images, data_config)
     class_source = "true class" if labels is not None else "predicted class"
-    method = str(meta.get("method", getattr(model, "method", "run")))
+    method = str(meta.get("method", model.method))
     panels = build_panels([Path(p).name for p in paths], maps, size, method, classnames, class_source,
                           args.per_head)
     render(pixels, panels, out)

@@ -169,7 +169,7 @@ def main(args: argparse.Namespace) -> dict:
                               run=args.run)
     size = image_size(meta, model, args.img_size)
     images = load_images([p for p, _ in samples], size, run_data_config(model, args.run))
-    method = str(meta.get("method", getattr(model, "method", "run")))
+    method = str(meta.get("method", model.method))
     bb = build_model("b-b", model.black_box, 0).eval()
     models = {"b-b": bb} if method == "b-b" else {"b-b": bb, method: model}
     bbox = model.black_box

@@ -84,7 +84,7 @@ def test_the_readme_onnxruntime_snippet_gives_lore_predicts_probabilities(lore_r
 
     from PIL import Image
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "after-training.md").read_text()
     snippet = re.search(r"Using it from onnxruntime:\n\n```python\n(.*?)```", readme, re.S).group(1)
     out = tmp_path / "m.onnx"
     assert lore_cli("export", "--run", lore_run, "--out", out) == 0

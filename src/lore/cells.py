@@ -3,17 +3,14 @@ run described by its TrainConfig (``cfg.out`` is its run directory).
 
 One resume rule: a finished cell made with the same resolved options is reused, an interrupted one
 (with training checkpoints) resumes, and one made with other options is refused, before anything
-is written when the grid asks first (:func:`refuse_changed`). One failure rule: :func:`attempt`
-records a failing cell (a bug, a diverged loss, out of memory) and the grid goes on.
+is written when the grid asks first (:func:`refuse_changed`). A failing cell is recorded, and the
+grid goes on, by :func:`lore.grid.worker.run_cell`, which runs every grid's cells through here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gc
 import shutil
-import sys
-import time
 from pathlib import Path
 
 from . import rundir
@@ -69,24 +66,3 @@ def run(cfg: TrainConfig, fresh: bool = False, hint: str = OTHER_OPTIONS_HINT) -
         check_same_options(cfg, hint)
         return train_run(dataclasses.replace(cfg, resume=str(run_dir))), "resumed"
     return train_run(cfg), "ran"
-
-
-def attempt(cfg: TrainConfig, prefix: str, fresh: bool = False, hint: str = OTHER_OPTIONS_HINT) -> dict:
-    """:func:`run`, with a failure recorded instead of raised: {"status": "done", "final", "how"} or
-    {"status": "failed", "error"}; one progress line on stderr either way."""
-    import torch
-
-    started = time.time()
-    try:
-        final, how = run(cfg, fresh, hint)
-        print(f"{prefix} {how}, test top-1 {100 * final['test_acc1']:.2f} ({time.time() - started:.1f} s)",
-              file=sys.stderr)
-        return {"status": "done", "final": final, "how": how}
-    except Exception as e:  # noqa: BLE001 - one failing cell (a bug, out of memory) must not end the grid
-        error = (str(e).strip() or type(e).__name__).splitlines()[0]
-        print(f"{prefix} FAILED: {error}", file=sys.stderr)
-        return {"status": "failed", "error": error}
-    finally:
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
